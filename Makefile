@@ -1,0 +1,54 @@
+# Every target creates .venv and installs what it needs by itself; pip runs again only when
+# pyproject.toml changes (the stamp files are older than it).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ARTIFACTS ?= artifacts
+DATASET ?= mnist
+ARCH ?= mlp
+TRAIN_ARGS ?=
+LAMBDA_PYTHON ?= 3.12
+LAMBDA_PLATFORM ?= x86_64
+
+.PHONY: help train test bench lint package clean
+
+help:
+	@echo "make train    train, evaluate and export the model bundle to $(ARTIFACTS)/"
+	@echo "              (DATASET=mnist|digits ARCH=mlp|cnn ARTIFACTS=dir TRAIN_ARGS='--augment ...')"
+	@echo "make test     run the test suite"
+	@echo "make bench    scoring throughput on 10,000 MNIST PNGs"
+	@echo "make lint     ruff"
+	@echo "make package  build/lambda.zip for AWS Lambda (LAMBDA_PYTHON=$(LAMBDA_PYTHON))"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.train.stamp: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e '.[train]'
+	touch $@
+
+$(VENV)/.dev.stamp: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e '.[train,aws,dev]'
+	touch $@ $(VENV)/.train.stamp
+
+train: $(VENV)/.train.stamp
+	$(BIN)/digits-train --dataset $(DATASET) --arch $(ARCH) --out $(ARTIFACTS) $(TRAIN_ARGS)
+
+test: $(VENV)/.dev.stamp
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev.stamp
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.dev.stamp
+	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) train ARTIFACTS=$(ARTIFACTS)
+	$(BIN)/python tools/bench.py --model $(ARTIFACTS)
+
+package: $(VENV)/.dev.stamp
+	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) train ARTIFACTS=$(ARTIFACTS)
+	$(BIN)/python tools/package_lambda.py --python-version $(LAMBDA_PYTHON) \
+		--platform $(LAMBDA_PLATFORM) --model $(ARTIFACTS) --out build/lambda.zip
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,5 @@
+"""`python -m scorer` runs the `digits-score` command."""
+
+from scorer.cli import main
+
+main()

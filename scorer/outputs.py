@@ -1,0 +1,145 @@
+"""Where results go: predictions CSV and report files, to a local path (atomically), stdout or S3.
+
+Rows are streamed into a temporary file; only a complete file is renamed into place or uploaded,
+so a crashed or interrupted run never leaves a half-written CSV behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from scorer.pipeline import Row
+from scorer.sources import is_s3, parse_s3_url
+
+BASE_COLUMNS = ["source", "prediction", "confidence", "status", "error"]
+
+
+def csv_header(labels: list[str], with_label: bool, with_probabilities: bool) -> list[str]:
+    return (BASE_COLUMNS + (["label"] if with_label else [])
+            + ([f"p{name}" for name in labels] if with_probabilities else []))
+
+
+def csv_fields(row: Row, labels: list[str], with_label: bool,
+               with_probabilities: bool) -> list[str]:
+    fields = [
+        row.source,
+        "" if row.prediction is None else labels[row.prediction],
+        "" if row.confidence is None else f"{row.confidence:.6f}",
+        row.status,
+        row.error,
+    ]
+    if with_label:
+        fields.append("" if row.label is None else labels[row.label])
+    if with_probabilities:
+        probs = row.probabilities
+        fields += [""] * len(labels) if probs is None else [f"{p:.6f}" for p in probs]
+    return fields
+
+
+class PredictionsCsv:
+    """Streams rows (always with a label column) to a temporary file; `finish` drops the label
+    column if no row had a label, then publishes the file to its target."""
+
+    def __init__(self, target: str, labels: list[str], with_probabilities: bool):
+        self.target = target
+        self.labels = labels
+        self.with_probabilities = with_probabilities
+        self.any_label = False
+        self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in finish/abort)
+            "w", newline="", encoding="utf-8", suffix=".csv", delete=False,
+            dir=local_dir_of(target))
+        self.writer = csv.writer(self.file)  # RFC 4180 quoting of commas, quotes, newlines
+        self.writer.writerow(csv_header(labels, True, with_probabilities))
+
+    def write(self, row: Row) -> None:
+        self.any_label = self.any_label or row.label is not None
+        self.writer.writerow(csv_fields(row, self.labels, True, self.with_probabilities))
+
+    def finish(self) -> None:
+        self.file.close()
+        path = self.file.name
+        if not self.any_label:
+            path = drop_column(path, BASE_COLUMNS.index("error") + 1)
+        publish_file(path, self.target)
+
+    def abort(self) -> None:
+        self.file.close()
+        Path(self.file.name).unlink(missing_ok=True)
+
+
+def local_dir_of(target: str) -> str | None:
+    """A temporary file beside a local target, so the final rename stays on one filesystem."""
+    if target == "-" or is_s3(target):
+        return None
+    return str(Path(target).resolve().parent)
+
+
+def drop_column(path: str, index: int) -> str:
+    fd, stripped = tempfile.mkstemp(suffix=".csv", dir=os.path.dirname(path))
+    with open(path, newline="", encoding="utf-8") as source, \
+            os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        for fields in csv.reader(source):
+            writer.writerow(fields[:index] + fields[index + 1 :])
+    os.unlink(path)
+    return stripped
+
+
+def publish_file(path: str, target: str) -> None:
+    """Move a finished temporary file to a local path, stdout or S3; the temp file is removed."""
+    try:
+        if target == "-":
+            with open(path, "rb") as finished:
+                shutil.copyfileobj(finished, sys.stdout.buffer)
+            sys.stdout.flush()
+        elif is_s3(target):
+            bucket, key = parse_s3_url(target)
+            s3_client().upload_file(path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
+        else:
+            os.chmod(path, 0o644)
+            os.replace(path, target)
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+CONTENT_TYPES = {".json": "application/json", ".txt": "text/plain; charset=utf-8",
+                 ".csv": "text/csv", ".html": "text/html; charset=utf-8", ".png": "image/png"}
+
+
+def write_report(files: dict[str, bytes], target: str) -> None:
+    """Report files into a local folder (each written atomically) or under an S3 prefix."""
+    if is_s3(target):
+        bucket, prefix = parse_s3_url(target)
+        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        for name, data in files.items():
+            s3_client().put_object(Bucket=bucket, Key=prefix + name, Body=data,
+                                   ContentType=CONTENT_TYPES.get(Path(name).suffix,
+                                                                 "application/octet-stream"))
+        return
+    folder = Path(target)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write(folder / name, data)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def s3_client():
+    from scorer.s3 import client
+
+    return client()
