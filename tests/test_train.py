@@ -1,0 +1,159 @@
+"""trainer: the bundle `digits-train` writes, export parity, repeatability, and CLI errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, train_bundle
+from scorer.bundle import load_bundle, sha256_file
+from trainer import data, export
+
+BUNDLE_FILES = {
+    "model.tflite", "model_float32.tflite", "model.keras", "model_data.h", "manifest.json",
+    "metrics.json", "training_history.json", "classification_report.txt", "confusion_matrix.csv",
+    "confusion_matrix.png", "training_curves.png", "misclassified.png", "report.json",
+    "report.html",
+}
+
+
+def test_bundle_has_every_file_and_the_manifest_hashes_them(digits_bundle):
+    assert {p.name for p in digits_bundle.iterdir()} == BUNDLE_FILES
+    manifest = json.loads((digits_bundle / "manifest.json").read_text())
+    assert set(manifest["files"]) == BUNDLE_FILES - {"manifest.json"}
+    for name, entry in manifest["files"].items():
+        assert sha256_file(digits_bundle / name) == entry["sha256"]
+        assert (digits_bundle / name).stat().st_size == entry["bytes"]
+    assert manifest["input"]["geometry"]["height"] == 8
+    assert manifest["classes"] == [str(i) for i in range(10)]
+    assert manifest["training"]["dataset"] == "digits"
+    assert "tensorflow" in manifest["versions"] or "tensorflow-cpu" in manifest["versions"]
+
+
+def test_metrics_json_follows_the_contract(digits_bundle):
+    metrics = json.loads((digits_bundle / "metrics.json").read_text())
+    assert metrics["dataset"] == "digits" and metrics["test_samples"] == 450
+    models = metrics["models"]
+    assert models["keras"]["accuracy"] > 0.9
+    assert models["tflite_float32"]["bytes"] == (digits_bundle / "model_float32.tflite").stat(
+    ).st_size
+    int8 = models["tflite_int8"]
+    assert int8["bytes"] == (digits_bundle / "model.tflite").stat().st_size
+    assert int8["accuracy"] > 0.9 and abs(int8["accuracy"] - models["keras"]["accuracy"]) < 0.02
+    assert int8["agreement_with_keras"] > 0.97
+    # Weights shrink 4x; a 64-unit model's fixed overhead keeps it near half (MNIST's: ~26 %).
+    assert int8["bytes"] <= 0.55 * models["tflite_float32"]["bytes"]
+
+
+def test_reports_describe_the_int8_model(digits_bundle):
+    metrics = json.loads((digits_bundle / "metrics.json").read_text())
+    report = json.loads((digits_bundle / "report.json").read_text())
+    assert report["accuracy"] == pytest.approx(metrics["models"]["tflite_int8"]["accuracy"])
+    text = (digits_bundle / "classification_report.txt").read_text()
+    assert "precision" in text and "macro avg" in text
+    assert (digits_bundle / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (digits_bundle / "confusion_matrix.csv").read_text().splitlines()
+    assert len(rows) == 11 and sum(sum(map(int, r.split(",")[1:])) for r in rows[1:]) == 450
+
+
+def test_export_parity_with_keras(digits_bundle):
+    """The TFLite files agree with the Keras model they came from, run by the scorer's runtime."""
+    import keras
+
+    dataset = data.load_digits(seed=42)
+    model = keras.models.load_model(digits_bundle / "model.keras")
+    keras_probs = model.predict(dataset.x_test.astype(np.float32), verbose=0)
+    float_probs = export.tflite_predict((digits_bundle / "model_float32.tflite").read_bytes(),
+                                        dataset.x_test)
+    int8_probs = export.tflite_predict((digits_bundle / "model.tflite").read_bytes(),
+                                       dataset.x_test)
+    np.testing.assert_allclose(float_probs, keras_probs, atol=1e-4)
+    assert np.mean(int8_probs.argmax(1) == keras_probs.argmax(1)) > 0.97
+    assert np.abs(int8_probs - keras_probs).max() < 0.2  # uint8 output step is 1/256
+
+
+def test_int8_model_takes_raw_uint8_pixels(digits_bundle):
+    classifier = load_bundle(digits_bundle).classifier()
+    assert classifier.input["dtype"] == np.uint8
+    scale, zero_point = classifier.input["quantization"]
+    assert abs(scale - 1.0) < 0.01 and zero_point == 0  # 0-255 in, scaling inside the model
+    assert list(classifier.input["shape_signature"]) == [-1, 8, 8]
+
+
+def test_c_array_holds_the_int8_model(digits_bundle):
+    header = (digits_bundle / "model_data.h").read_text()
+    body = re.search(r"\{(.*)\}", header, re.S).group(1)
+    restored = bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", body))
+    assert restored == (digits_bundle / "model.tflite").read_bytes()
+    assert f"model_tflite_len = {len(restored)};" in header
+
+
+def test_same_seed_same_metrics(tmp_path, digits_bundle):
+    again = train_bundle(tmp_path / "again", "--dataset", "digits", "--epochs", "40",
+                         "--hidden", "64")
+    first = json.loads((digits_bundle / "metrics.json").read_text())["models"]
+    second = json.loads((again / "metrics.json").read_text())["models"]
+    for model in ("keras", "tflite_float32", "tflite_int8"):
+        assert abs(first[model]["accuracy"] - second[model]["accuracy"]) <= 0.001
+
+
+def test_cnn_and_augmentation_train_and_export(tmp_path):
+    out = train_bundle(tmp_path / "cnn", "--dataset", "digits", "--arch", "cnn", "--augment",
+                       "--epochs", "3")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["models"]["tflite_int8"]["agreement_with_keras"] > 0.9
+    assert json.loads((out / "manifest.json").read_text())["training"]["arch"] == "cnn"
+
+
+def test_mnist_bundle_scores_mnist(mnist_bundle):
+    metrics = json.loads((mnist_bundle / "metrics.json").read_text())
+    assert metrics["dataset"] == "mnist" and metrics["test_samples"] == 10000
+    assert metrics["models"]["tflite_int8"]["accuracy"] > 0.95
+    assert json.loads((mnist_bundle / "manifest.json").read_text())["input"]["shape"] == [28, 28]
+
+
+def test_failed_write_leaves_the_old_bundle_untouched(tmp_path):
+    out = tmp_path / "artifacts"
+    export.write_bundle(out, {"a.txt": b"old"}, {"input": {}, "classes": []})
+    with pytest.raises(OSError):
+        export.write_bundle(out, {"b.txt": b"new", "missing/c.txt": b"x"},
+                            {"input": {}, "classes": []})
+    assert (out / "a.txt").read_bytes() == b"old" and not (out / "b.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["artifacts"]  # no staging left behind
+
+
+def run_train(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hidden", "abc"], "positive layer sizes"),
+    (["--dataset", "cifar"], "'cifar' is not one of"),
+    (["--data", "/no/such/file.npz"], "does not exist"),
+    (["--epochs", "0"], "--epochs"),
+    (["--bogus"], "No such option"),
+])
+def test_cli_usage_errors_exit_2_without_traceback(args, message):
+    done = run_train(*args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_bad_data_file_exits_2_with_a_clear_message(tmp_path):
+    bad = tmp_path / "mnist.npz"
+    bad.write_bytes(b"not an npz")
+    done = run_train("--data", str(bad), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Error: --data" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_version():
+    done = run_train("--version")
+    assert done.returncode == 0 and "digits-train" in done.stdout
