@@ -10,9 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, train_bundle
 from scorer.bundle import load_bundle, sha256_file
 from trainer import data, export
+
+from conftest import ROOT, train_bundle
 
 BUNDLE_FILES = {
     "model.tflite", "model_float32.tflite", "model.keras", "model_data.h", "manifest.json",

@@ -1,0 +1,128 @@
+"""AWS Lambda entry point: a thin adapter from events to `scorer.s3_jobs`.
+
+Events: S3 notifications (direct, wrapped in SQS messages, or via EventBridge), S3 Batch
+Operations (invocation schema 1.0 and 2.0), and `{"source": "s3://bucket/prefix/"}`.
+Corrupt images become CSV rows; S3 errors raise, so SQS retries them (then the dead-letter queue).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes import (
+    S3Event,
+    S3EventBridgeNotificationEvent,
+    SQSRecord,
+)
+from aws_lambda_powertools.utilities.data_classes.s3_batch_operation_event import (
+    S3BatchOperationEvent,
+    S3BatchOperationResponse,
+)
+
+from scorer import s3_jobs
+from scorer.bundle import Bundle, load_bundle
+
+logger = Logger(service="digits-scorer")
+metrics = Metrics(namespace="HandwrittenDigits", service="digits-scorer")
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+RETRYABLE_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                      "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "503"}
+
+
+@functools.cache
+def model() -> tuple[Bundle, s3_jobs.Config]:
+    """Loaded once per container, on the first event."""
+    config = s3_jobs.Config.from_env()
+    return load_bundle(config.model_dir), config
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+def handler(event: dict, context) -> dict:
+    if "Records" in event and event["Records"] and "body" in event["Records"][0]:
+        return process_partial_response(event, record_handler=sqs_record, processor=processor,
+                                        context=context)
+    if "invocationSchemaVersion" in event:
+        return batch_operation(S3BatchOperationEvent(event))
+    if "source" in event and str(event["source"]).startswith("s3://"):
+        out, tally = s3_jobs.score_prefix(event["source"], *model())
+        record_metrics(tally)
+        return {"output": out, "scored": tally.scored, "failed": tally.failed,
+                "accuracy": tally.accuracy}
+    return {"outputs": [score(bucket, key) for bucket, key in notified_objects(event)]}
+
+
+def sqs_record(record: SQSRecord) -> None:
+    """One SQS message: an S3 notification (or S3's test message) in the body."""
+    body = json.loads(record.body)
+    if body.get("Event") == "s3:TestEvent":
+        logger.info("acknowledged s3:TestEvent")
+        return
+    for bucket, key in notified_objects(body):
+        score(bucket, key)
+
+
+def notified_objects(event: dict) -> list[tuple[str, str]]:
+    """(bucket, key) of each created object in an S3 or EventBridge notification."""
+    if event.get("source") == "aws.s3" and "detail" in event:
+        detail = S3EventBridgeNotificationEvent(event).detail
+        return [(detail.bucket.name, detail.object.key)]  # the key comes URL-decoded
+    return [(record.s3.bucket.name, unquote_plus(record.s3.get_object.key))
+            for record in S3Event(event).records
+            if record.event_name.startswith("ObjectCreated")]
+
+
+def score(bucket: str, key: str) -> str | None:
+    bundle, config = model()
+    reason = s3_jobs.ignore_reason(key, config)
+    if reason:
+        logger.info("ignored object", extra={"bucket": bucket, "key": key, "reason": reason})
+        return None
+    started = time.perf_counter()
+    out, tally = s3_jobs.score_object(bucket, key, bundle, config)
+    record_metrics(tally, time.perf_counter() - started)
+    logger.info("scored object", extra={"bucket": bucket, "key": key, "output": out,
+                                         "scored": tally.scored, "failed": tally.failed})
+    return out
+
+
+def record_metrics(tally, seconds: float | None = None) -> None:
+    metrics.add_metric(name="ImagesScored", unit=MetricUnit.Count, value=tally.scored)
+    metrics.add_metric(name="ImageErrors", unit=MetricUnit.Count, value=tally.failed)
+    metrics.add_metric(name="ScoringLatency", unit=MetricUnit.Milliseconds,
+                       value=round(1000 * (seconds or tally.seconds), 1))
+
+
+def batch_operation(event: S3BatchOperationEvent) -> dict:
+    """S3 Batch Operations: one task per invocation, answered in its own response format."""
+    task = event.task
+    response = S3BatchOperationResponse(event.invocation_schema_version, event.invocation_id,
+                                        "PermanentFailure")
+    try:
+        out = score(task.s3_bucket, task.s3_key)
+        result = task.build_task_batch_response("Succeeded", out or "ignored")
+    except Exception as err:  # noqa: BLE001 (every failure must become a task result)
+        code = "TemporaryFailure" if is_retryable(err) else "PermanentFailure"
+        logger.exception("batch operation task failed", extra={"key": task.s3_key})
+        result = task.build_task_batch_response(code, f"{type(err).__name__}: {err}"[:500])
+    response.add_result(result)
+    return response.asdict()
+
+
+def is_retryable(err: Exception) -> bool:
+    """Throttling, timeouts and S3 server errors are worth another try; the rest are not."""
+    code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+    status = getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    timeouts = ("ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError",
+                "ConnectionClosedError")
+    return code in RETRYABLE_S3_CODES or status >= 500 or type(err).__name__ in timeouts

@@ -1,0 +1,88 @@
+"""Scoring S3 objects and prefixes into S3: where outputs go, and which objects are ours to score.
+
+Knows nothing about Lambda: the handler translates events into calls of `score_object` and
+`score_prefix`. Outputs are named deterministically from their inputs, so a redelivered event
+overwrites its CSV instead of adding a second one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from scorer import sources
+from scorer.bundle import Bundle
+from scorer.job import Tally, run_job
+from scorer.sources import SourceStats
+
+PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "model"  # beside scorer/ in the zip
+SCORABLE = sources.IMAGE_EXTENSIONS | {sources.ZIP_EXTENSION}
+
+
+@dataclass(frozen=True)
+class Config:
+    model_dir: str
+    input_prefix: str
+    output_prefix: str
+    output_bucket: str | None  # None: write beside the input, in the same bucket
+
+    @classmethod
+    def from_env(cls) -> Config:
+        config = cls(
+            model_dir=os.environ.get("MODEL_DIR") or str(PACKAGED_MODEL),
+            input_prefix=os.environ.get("INPUT_PREFIX", "incoming/"),
+            output_prefix=os.environ.get("OUTPUT_PREFIX", "predictions/"),
+            output_bucket=os.environ.get("OUTPUT_BUCKET") or None,
+        )
+        if not config.output_prefix or config.output_prefix.startswith(config.input_prefix) \
+                or config.input_prefix.startswith(config.output_prefix):
+            # Writing where we read would trigger the function on its own outputs.
+            raise ValueError(f"INPUT_PREFIX {config.input_prefix!r} and OUTPUT_PREFIX "
+                             f"{config.output_prefix!r} must not overlap")
+        return config
+
+
+def ignore_reason(key: str, config: Config) -> str | None:
+    """Why an object is not ours to score, or None when it is."""
+    if key.startswith(config.output_prefix):
+        return "inside the output prefix"
+    if not key.startswith(config.input_prefix):
+        return "outside the input prefix"
+    if sources.extension(key) not in SCORABLE:
+        return "not an image or zip archive"
+    return None
+
+
+def relative(key: str, config: Config) -> str:
+    return key[len(config.input_prefix):] if key.startswith(config.input_prefix) else key
+
+
+def output_url(bucket: str, name: str, config: Config) -> str:
+    return f"s3://{config.output_bucket or bucket}/{config.output_prefix}{name}"
+
+
+def score_object(bucket: str, key: str, bundle: Bundle, config: Config) -> tuple[str, Tally]:
+    """One image (one row) or zip archive (a row per member, plus a report when labelled)
+    -> `<output prefix><key below the input prefix>.csv`. S3 errors propagate (retry them)."""
+    name = relative(key, config)
+    out = output_url(bucket, f"{name}.csv", config)
+    is_archive = sources.extension(key) == sources.ZIP_EXTENSION
+    report_dir = output_url(bucket, f"{name}.report/", config) if is_archive else None
+    inputs = sources.iter_s3_object(bucket, key, SourceStats(), fail_fast=True)
+    tally = run_job(inputs, bundle, out, report_dir, workers=1, timings=False,
+                    run_info={"source": f"s3://{bucket}/{key}"})
+    return out, tally
+
+
+def score_prefix(source: str, bundle: Bundle, config: Config) -> tuple[str, Tally]:
+    """Every image and archive under an s3:// prefix -> one CSV (and one report when labelled)
+    at `<output prefix><prefix below the input prefix>/predictions.csv`."""
+    bucket, prefix = sources.parse_s3_url(source)
+    folder = relative(prefix, config).strip("/")
+    base = f"{folder}/" if folder else ""
+    out = output_url(bucket, f"{base}predictions.csv", config)
+    inputs = sources.iter_inputs([source], SourceStats(), fail_fast=True)
+    tally = run_job(inputs, bundle, out, output_url(bucket, f"{base}report/", config),
+                    workers=1, timings=False, run_info={"source": source})
+    return out, tally

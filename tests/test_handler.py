@@ -1,0 +1,256 @@
+"""The Lambda handler end to end: real S3 and SQS APIs (moto's server over HTTP), real S3
+notifications, and the handler imported from the unzipped `make package` artifact."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+import zipfile
+from pathlib import Path
+
+import boto3
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from moto_server import moto_endpoint  # noqa: F401
+
+SUFFIXES = (".png", ".jpg", ".zip")
+
+DRIVER = textwrap.dedent("""
+    import json, sys
+    root = sys.argv[1]
+    sys.path.insert(0, root)
+    import numpy, PIL, ai_edge_litert, aws_lambda_powertools, scorer.handler
+    for module in (numpy, PIL, ai_edge_litert, aws_lambda_powertools, scorer.handler):
+        assert module.__file__.startswith(root), module.__file__  # from the artifact
+    class Context:  # what the Lambda runtime passes
+        function_name = "digits-scorer"; memory_limit_in_mb = 1769; aws_request_id = "req-1"
+        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:digits-scorer"
+    results = [scorer.handler.handler(event, Context()) for event in json.load(sys.stdin)]
+    heavy = {"tensorflow", "keras", "sklearn", "scipy", "matplotlib"} & set(sys.modules)
+    assert not heavy, heavy
+    print("RESULTS=" + json.dumps(results))
+""")
+
+
+@pytest.fixture(scope="session")
+def lambda_root(tmp_path_factory, mnist_bundle) -> Path:
+    """`make package LAMBDA_PYTHON=3.11` (this machine's Python), unzipped."""
+    build = tmp_path_factory.mktemp("lambda")
+    archive = build / "lambda.zip"
+    done = subprocess.run(
+        [sys.executable, "tools/package_lambda.py", "--python-version", "3.11",
+         "--model", str(mnist_bundle), "--out", str(archive)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert archive.stat().st_size <= 50 * 1024 * 1024
+    root = build / "root"
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(root)
+        unzipped = sum(info.file_size for info in zipped.infolist())
+    assert unzipped <= 250 * 1024 * 1024
+    return root
+
+
+def invoke(lambda_root: Path, *events: dict, env: dict | None = None) -> list[dict]:
+    """Run the packaged handler in a fresh interpreter, as the Lambda runtime would."""
+    import os
+
+    environment = {**os.environ, "POWERTOOLS_METRICS_NAMESPACE": "Test", **(env or {})}
+    environment.pop("MODEL_DIR", None)  # the bundle packaged with the function
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(lambda_root)],
+                          input=json.dumps(list(events)), capture_output=True, text=True,
+                          timeout=300, env=environment, cwd=lambda_root)
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULTS="))
+    return json.loads(line[len("RESULTS="):])
+
+
+def png(digit) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(digit).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def stack(moto_endpoint):  # noqa: F811
+    """A bucket whose uploads under incoming/ notify an SQS queue, as infra/template.yaml sets."""
+    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    bucket = f"digits-{uuid.uuid4().hex[:12]}"
+    queue = sqs.create_queue(QueueName=bucket)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
+        "QueueConfigurations": [
+            {"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"],
+             "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "incoming/"},
+                                                {"Name": "suffix", "Value": suffix}]}}}
+            for suffix in SUFFIXES]})
+    return {"s3": s3, "sqs": sqs, "bucket": bucket, "queue": queue, "queue_arn": queue_arn}
+
+
+def sqs_event(stack) -> dict:
+    """Drain the queue into the event Lambda's SQS poller would deliver."""
+    records = []
+    while True:
+        batch = stack["sqs"].receive_message(QueueUrl=stack["queue"], MaxNumberOfMessages=10,
+                                             WaitTimeSeconds=0).get("Messages", [])
+        if not batch:
+            return {"Records": records}
+        records += [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"],
+                     "body": m["Body"], "attributes": {}, "messageAttributes": {},
+                     "md5OfBody": m["MD5OfBody"], "eventSource": "aws:sqs",
+                     "eventSourceARN": stack["queue_arn"], "awsRegion": "us-east-1"}
+                    for m in batch]
+
+
+def outputs(stack) -> dict[str, bytes]:
+    s3, bucket = stack["s3"], stack["bucket"]
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix="predictions/").get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            for o in listing}
+
+
+def rows(data: bytes) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+
+
+def test_uploads_are_scored_once_and_redelivery_changes_nothing(stack, lambda_root,
+                                                                 mnist_test_images):
+    x, y = mnist_test_images
+    s3, bucket = stack["s3"], stack["bucket"]
+    s3.put_object(Bucket=bucket, Key=f"incoming/{y[0]}/first.png", Body=png(x[0]))
+    s3.put_object(Bucket=bucket, Key="incoming/odd name+ü (1).png", Body=png(x[1]))
+    members = {f"{y[i]}/img{i}.png": png(x[i]) for i in range(2, 32)}
+    members["notes.txt"] = b"not an image"
+    s3.put_object(Bucket=bucket, Key="incoming/batch.zip", Body=zip_of(members))
+    s3.put_object(Bucket=bucket, Key="incoming/broken.png", Body=b"\x89PNG\r\n\x1a\ntruncated")
+    s3.put_object(Bucket=bucket, Key="elsewhere/ignored.png", Body=png(x[0]))  # not notified
+    event = sqs_event(stack)
+    assert len(event["Records"]) == 5  # four uploads and S3's s3:TestEvent
+
+    [response] = invoke(lambda_root, event)
+    assert response == {"batchItemFailures": []}
+    first = outputs(stack)
+    assert set(first) == {
+        f"predictions/{y[0]}/first.png.csv", "predictions/odd name+ü (1).png.csv",
+        "predictions/batch.zip.csv", "predictions/broken.png.csv",
+        *(f"predictions/batch.zip.report/{name}" for name in (
+            "report.json", "classification_report.txt", "confusion_matrix.csv", "report.html")),
+    }
+    [single] = rows(first[f"predictions/{y[0]}/first.png.csv"])
+    assert single["source"] == f"s3://{bucket}/incoming/{y[0]}/first.png"
+    assert single["status"] == "ok" and single["prediction"] == str(y[0])
+    assert single["label"] == str(y[0])
+    archive_rows = rows(first["predictions/batch.zip.csv"])
+    assert [r["source"] for r in archive_rows] == [
+        f"s3://{bucket}/incoming/batch.zip!/{name}" for name in sorted(members)
+        if name.endswith(".png")]
+    correct = sum(r["prediction"] == r["label"] for r in archive_rows)
+    assert correct >= 27  # of 30: the small test model is ~97 % accurate
+    report = json.loads(first["predictions/batch.zip.report/report.json"])
+    assert report["samples"] == 30 and report["accuracy"] == pytest.approx(correct / 30)
+    [broken] = rows(first["predictions/broken.png.csv"])
+    assert broken["status"] == "error" and broken["error"] and broken["prediction"] == ""
+
+    invoke(lambda_root, event)  # SQS delivers at least once: the same messages again
+    assert outputs(stack) == first
+
+
+def test_objects_in_the_output_prefix_never_trigger_scoring(stack, lambda_root,
+                                                            mnist_test_images):
+    s3, bucket = stack["s3"], stack["bucket"]
+    s3.put_object(Bucket=bucket, Key="predictions/looks-like-input.png",
+                  Body=png(mnist_test_images[0][0]))
+    event = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                          "s3": {"bucket": {"name": bucket},
+                                 "object": {"key": "predictions/looks-like-input.png"}}}]}
+    [response] = invoke(lambda_root, event)
+    assert response == {"outputs": [None]}
+    assert set(outputs(stack)) == {"predictions/looks-like-input.png"}
+
+
+def test_s3_errors_are_returned_for_retry(stack, lambda_root, mnist_test_images):
+    s3, bucket = stack["s3"], stack["bucket"]
+    s3.put_object(Bucket=bucket, Key="incoming/good.png", Body=png(mnist_test_images[0][0]))
+    s3.put_object(Bucket=bucket, Key="incoming/gone.png", Body=png(mnist_test_images[0][1]))
+    event = sqs_event(stack)
+    s3.delete_object(Bucket=bucket, Key="incoming/gone.png")  # deleted before we got to it
+    gone = next(r["messageId"] for r in event["Records"] if "gone.png" in r["body"])
+    [response] = invoke(lambda_root, event)
+    assert response == {"batchItemFailures": [{"itemIdentifier": gone}]}
+    assert set(outputs(stack)) == {"predictions/good.png.csv"}
+
+
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+def test_batch_operations_tasks(stack, lambda_root, mnist_test_images, version):
+    s3, bucket = stack["s3"], stack["bucket"]
+    s3.put_object(Bucket=bucket, Key="incoming/backfill/a b.png",
+                  Body=png(mnist_test_images[0][3]))
+
+    def task(key: str, task_id: str) -> dict:
+        where = ({"s3BucketArn": f"arn:aws:s3:::{bucket}"} if version == "1.0"
+                 else {"s3Bucket": bucket})
+        return {"invocationSchemaVersion": version, "invocationId": f"inv-{task_id}",
+                "job": {"id": "job-1", **({"userArguments": {}} if version == "2.0" else {})},
+                "tasks": [{"taskId": task_id, "s3Key": key, "s3VersionId": None, **where}]}
+
+    ok, missing = invoke(lambda_root, task("incoming/backfill/a+b.png", "t1"),
+                         task("incoming/backfill/nope.png", "t2"))
+    assert ok["invocationSchemaVersion"] == version and ok["invocationId"] == "inv-t1"
+    assert ok["results"] == [{"taskId": "t1", "resultCode": "Succeeded",
+                              "resultString": f"s3://{bucket}/predictions/backfill/a b.png.csv"}]
+    assert missing["invocationId"] == "inv-t2"
+    assert missing["results"][0]["resultCode"] == "PermanentFailure"
+    assert "NoSuchKey" in missing["results"][0]["resultString"]
+
+
+def test_prefix_job_and_eventbridge_event(stack, lambda_root, mnist_test_images):
+    x, y = mnist_test_images
+    s3, bucket = stack["s3"], stack["bucket"]
+    for i in range(12):
+        s3.put_object(Bucket=bucket, Key=f"incoming/exam/{y[i]}/{i}.png", Body=png(x[i]))
+    bridge = {"version": "0", "id": "e1", "detail-type": "Object Created", "source": "aws.s3",
+              "account": "123456789012", "time": "2026-11-24T00:00:00Z", "region": "us-east-1",
+              "resources": [f"arn:aws:s3:::{bucket}"],
+              "detail": {"version": "0", "bucket": {"name": bucket},
+                         "object": {"key": f"incoming/exam/{y[0]}/0.png", "size": 1},
+                         "reason": "PutObject"}}
+    prefix_result, bridge_result = invoke(
+        lambda_root, {"source": f"s3://{bucket}/incoming/exam/"}, bridge)
+    assert prefix_result["output"] == f"s3://{bucket}/predictions/exam/predictions.csv"
+    assert prefix_result["scored"] == 12 and prefix_result["failed"] == 0
+    assert bridge_result == {"outputs": [f"s3://{bucket}/predictions/exam/{y[0]}/0.png.csv"]}
+    found = outputs(stack)
+    assert len(rows(found["predictions/exam/predictions.csv"])) == 12
+    assert json.loads(found["predictions/exam/report/report.json"])["samples"] == 12
+
+
+def test_output_bucket_and_prefixes_come_from_the_environment(stack, lambda_root,
+                                                              mnist_test_images):
+    s3, bucket = stack["s3"], stack["bucket"]
+    target = f"{bucket}-out"
+    s3.create_bucket(Bucket=target)
+    s3.put_object(Bucket=bucket, Key="uploads/d.png", Body=png(mnist_test_images[0][5]))
+    event = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                          "s3": {"bucket": {"name": bucket}, "object": {"key": "uploads/d.png"}}}]}
+    [response] = invoke(lambda_root, event, env={"INPUT_PREFIX": "uploads/",
+                                                 "OUTPUT_PREFIX": "scored/",
+                                                 "OUTPUT_BUCKET": target})
+    assert response == {"outputs": [f"s3://{target}/scored/d.png.csv"]}
+    assert s3.list_objects_v2(Bucket=target)["KeyCount"] == 1
