@@ -1,0 +1,341 @@
+"""Evaluation reports: metrics, scikit-learn-compatible text, CSV, JSON and a static HTML page.
+
+Pure functions over numpy arrays and plain dicts. This module is part of the light scorer
+(it must fit a 50 MB Lambda zip), so it deliberately re-implements the few scikit-learn metrics
+it needs instead of importing scikit-learn; ``tests/test_report.py`` checks the numbers and the
+text against scikit-learn itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import heapq
+import io
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from scorer.report_html import render_html
+
+__all__ = [
+    "DEFAULT_K",
+    "Example",
+    "ExampleCollector",
+    "classification_report_text",
+    "compute_metrics",
+    "confusion_matrix",
+    "confusion_matrix_csv",
+    "report_files",
+]
+
+#: Default number of thumbnails kept per grid: 48 = 6 full rows of 8 in the HTML page, and
+#: 48 PNGs of 64x64 px add only ~30 kB of base64 to report.html.
+DEFAULT_K = 48
+
+#: First cell of the header row of ``confusion_matrix.csv`` ("row = true, column = predicted").
+CSV_CORNER = "true\\pred"
+
+_METRIC_KEYS = ("precision", "recall", "f1-score", "support")
+
+
+def _as_labels(y, n_classes: int, name: str) -> np.ndarray:
+    """Validate a label vector: int64 array (n,) with values in [0, n_classes)."""
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+        raise ValueError(f"{name} has class indices outside [0, {n_classes})")
+    return arr
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """Count (true, predicted) pairs.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of int, shape (n_samples,)
+        Class indices in ``[0, n_classes)``.
+    n_classes : int
+
+    Returns
+    -------
+    cm : ndarray of int64, shape (n_classes, n_classes)
+        ``cm[i, j]`` = samples of true class ``i`` predicted as ``j`` (rows = truth, columns =
+        prediction, as in ``sklearn.metrics.confusion_matrix``).
+    """
+    if n_classes < 1:
+        raise ValueError("n_classes must be >= 1")
+    t = _as_labels(y_true, n_classes, "y_true")
+    p = _as_labels(y_pred, n_classes, "y_pred")
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {t.shape[0]} != {p.shape[0]}")
+    # One bincount over the flattened (true, pred) index is O(n) and needs no Python loop.
+    flat = np.bincount(t * n_classes + p, minlength=n_classes * n_classes)
+    return flat.reshape(n_classes, n_classes).astype(np.int64, copy=False)
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Element-wise num / den as float64, 0.0 where den == 0 (scikit-learn's zero_division=0)."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
+
+
+def _row(p, r, f, s) -> dict:
+    return {"precision": float(p), "recall": float(r), "f1-score": float(f), "support": int(s)}
+
+
+def compute_metrics(y_true, y_pred, labels: Sequence[str]) -> dict:
+    """Accuracy, per-class precision/recall/F1/support, macro and weighted averages.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of int, shape (n_samples,)
+        Class indices into ``labels``. ``n_samples`` may be 0 (every score is then 0.0).
+    labels : sequence of str, length n_classes
+        Unique class names, in class-index order.
+
+    Returns
+    -------
+    metrics : dict (JSON-serialisable: only str, int, float, list, dict)
+        ``{"samples": int, "accuracy": float,
+        "classes": {label: {"precision", "recall", "f1-score", "support"}},  # all labels, in order
+        "macro avg": {...}, "weighted avg": {...},
+        "confusion_matrix": list of n_classes lists of int, "labels": list of str}``.
+        Undefined ratios (0/0) are 0.0, like scikit-learn's ``zero_division=0``.
+    """
+    labels = [str(label) for label in labels]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be unique, got {labels}")
+    cm = confusion_matrix(y_true, y_pred, len(labels))
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)  # true count per class
+    predicted = cm.sum(axis=0)
+    n = int(support.sum())
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    # 2*tp / (support + predicted) is F1 without the 0/0 trap of 2PR/(P+R); it is also the exact
+    # expression scikit-learn evaluates, so the floats (and the rounded text) match bit for bit.
+    f1 = _safe_div(2.0 * tp, support + predicted)
+    # Same numpy reductions as scikit-learn (mean; sum(x*w)/sum(w)) for bit-identical averages.
+    weights = support.astype(np.float64)
+
+    def weighted(x: np.ndarray) -> float:
+        return float(np.sum(x * weights) / np.sum(weights)) if n else 0.0
+
+    return {
+        "samples": n,
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "classes": {
+            label: _row(precision[i], recall[i], f1[i], support[i])
+            for i, label in enumerate(labels)
+        },
+        "macro avg": _row(np.mean(precision), np.mean(recall), np.mean(f1), n),
+        "weighted avg": _row(weighted(precision), weighted(recall), weighted(f1), n),
+        "confusion_matrix": cm.tolist(),
+        "labels": labels,
+    }
+
+
+def classification_report_text(metrics: dict, digits: int = 4) -> str:
+    """Render ``metrics`` exactly as ``sklearn.metrics.classification_report`` would.
+
+    Byte-identical to ``classification_report(y_true, y_pred, labels=range(len(labels)),
+    target_names=labels, digits=digits, zero_division=0)`` for the inputs of
+    :func:`compute_metrics` (every class index is in ``labels``, so the micro-average row is
+    printed as "accuracy").
+    """
+    labels = metrics["labels"]
+    width = max(max((len(x) for x in labels), default=0), len("weighted avg"), digits)
+    head = f"{'':>{width}s} " + "".join(f" {h:>9}" for h in _METRIC_KEYS)
+    # scikit-learn quirk, copied for byte-identity: when no prediction at all is correct, its
+    # true-positive counts are float zeros, so every support is printed as a float ("1.0").
+    as_float = metrics["samples"] > 0 and metrics["accuracy"] == 0.0
+
+    def count(n: int) -> str:
+        return f"{float(n) if as_float else n:>9}"
+
+    def line(name: str, row: dict) -> str:
+        scores = "".join(f" {row[k]:>9.{digits}f}" for k in _METRIC_KEYS[:3])
+        return f"{name:>{width}s} {scores} {count(row['support'])}\n"
+
+    out = [head, "\n\n"]
+    out += [line(label, metrics["classes"][label]) for label in labels]
+    out.append("\n")
+    # The accuracy row leaves precision and recall blank and prints accuracy in the F1 column.
+    out.append(
+        f"{'accuracy':>{width}s} {'':>10}{'':>10} {metrics['accuracy']:>9.{digits}f}"
+        f" {count(metrics['samples'])}\n"
+    )
+    out += [line(avg, metrics[avg]) for avg in ("macro avg", "weighted avg")]
+    return "".join(out)
+
+
+def confusion_matrix_csv(metrics: dict) -> str:
+    """Confusion matrix as CSV text, rows = true label, columns = predicted label.
+
+    The header row is ``true\\pred,<label 0>,...,<label n-1>`` (the first cell names both
+    axes); each following row is ``<true label>,<count>,...``. Lines end with ``\\n``.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([CSV_CORNER, *metrics["labels"]])
+    for label, counts in zip(metrics["labels"], metrics["confusion_matrix"], strict=True):
+        writer.writerow([label, *counts])
+    return buf.getvalue()
+
+
+# eq=False: the default field-wise __eq__/__hash__ would compare/hash the ndarray and fail.
+@dataclass(frozen=True, eq=False)
+class Example:
+    """One scored image to show in the report.
+
+    Attributes
+    ----------
+    source : str
+        File name, S3 URL or ``archive.zip!/member``. Untrusted text: escaped in HTML.
+    label : int or None
+        True class index, None if unknown.
+    prediction : int
+        Predicted class index.
+    confidence : float
+        Probability of the predicted class, in [0, 1].
+    image : ndarray of uint8, shape (h, w)
+        The model's input (light ink on dark), shown as a thumbnail.
+    """
+
+    source: str
+    label: int | None
+    prediction: int
+    confidence: float
+    image: np.ndarray
+
+    @property
+    def is_error(self) -> bool:
+        """True if the label is known and differs from the prediction."""
+        return self.label is not None and self.label != self.prediction
+
+
+class ExampleCollector:
+    """Streaming choice of the examples to show, in O(k) memory whatever the number of images.
+
+    Keeps two bounded heaps:
+
+    * ``misclassified``: the ``k_misclassified`` *most confident* errors (label known and !=
+      prediction). Confident mistakes are the most telling ones (mislabelled data, systematic
+      confusions), and the unsure mistakes already appear in the least-confident grid.
+    * ``least_confident``: the ``k_least_confident`` lowest-confidence examples, right or wrong,
+      labelled or not.
+
+    Ties on confidence keep the example added first, so the result does not depend on heap
+    internals: it equals a stable sort of everything added, cut to k.
+
+    Parameters
+    ----------
+    k_misclassified, k_least_confident : int, default=48 (:data:`DEFAULT_K`)
+    """
+
+    def __init__(self, k_misclassified: int = DEFAULT_K, k_least_confident: int = DEFAULT_K):
+        if k_misclassified < 0 or k_least_confident < 0:
+            raise ValueError("k must be >= 0")
+        self.k_misclassified = k_misclassified
+        self.k_least_confident = k_least_confident
+        self.seen = 0
+        self.errors_seen = 0
+        # Heap entries are (key, -seq, Example); the unique seq means Examples are never compared.
+        self._errors: list[tuple[float, int, Example]] = []  # min-heap on confidence
+        self._unsure: list[tuple[float, int, Example]] = []  # min-heap on -confidence
+        self._seq = itertools.count()
+
+    def add(self, example: Example) -> None:
+        """Offer one example; it is kept only if it ranks among the k of either list."""
+        conf = float(example.confidence)
+        if not math.isfinite(conf):
+            raise ValueError(f"confidence must be finite, got {example.confidence!r}")
+        seq = next(self._seq)
+        self.seen += 1
+        if example.is_error:
+            self.errors_seen += 1
+            self._offer(self._errors, self.k_misclassified, conf, -seq, example)
+        self._offer(self._unsure, self.k_least_confident, -conf, -seq, example)
+
+    @staticmethod
+    def _offer(heap: list, k: int, key: float, neg_seq: int, example: Example) -> None:
+        # The heap root is the worst kept entry (on a tie, the newest one). A newcomer is newer
+        # than everything kept, so it must beat the root outright to get in.
+        if k == 0 or (len(heap) == k and (key, neg_seq) <= heap[0][:2]):
+            return
+        # Copy only what we keep: the image may be a view into a large batch array, and holding
+        # the view would keep the whole batch alive.
+        entry = (key, neg_seq, dataclasses.replace(example, image=np.array(example.image)))
+        if len(heap) < k:
+            heapq.heappush(heap, entry)
+        else:
+            heapq.heapreplace(heap, entry)
+
+    @staticmethod
+    def _best_first(heap: list) -> list[Example]:
+        return [e for _, _, e in sorted(heap, key=lambda t: (-t[0], -t[1]))]
+
+    @property
+    def misclassified(self) -> list[Example]:
+        """Kept errors, most confident first (ties: first added first)."""
+        return self._best_first(self._errors)
+
+    @property
+    def least_confident(self) -> list[Example]:
+        """Kept examples by confidence ascending (ties: first added first)."""
+        return self._best_first(self._unsure)
+
+
+def _json_default(obj):
+    """Make numpy scalars/arrays (common in run info) JSON-able; anything else becomes str."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def report_files(
+    metrics: dict,
+    *,
+    title: str,
+    misclassified: list[Example],
+    least_confident: list[Example],
+    extra: dict | None = None,
+) -> dict[str, bytes]:
+    """Build every report file in memory; the caller writes them (to a folder or to S3).
+
+    Returns
+    -------
+    files : dict of str -> bytes (UTF-8)
+        ``report.json``: ``{"title": title, **metrics, "run": extra or {}}``;
+        ``classification_report.txt``: :func:`classification_report_text` (digits=4);
+        ``confusion_matrix.csv``: :func:`confusion_matrix_csv`;
+        ``report.html``: self-contained page (inline CSS and PNGs, no scripts, no network).
+    """
+    run = dict(extra or {})
+    doc = {"title": title, **metrics, "run": run}
+    as_json = json.dumps(doc, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    html = render_html(
+        metrics,
+        title=title,
+        misclassified=misclassified,
+        least_confident=least_confident,
+        run=run,
+    )
+    return {
+        "report.json": as_json.encode("utf-8"),
+        "classification_report.txt": classification_report_text(metrics).encode("utf-8"),
+        "confusion_matrix.csv": confusion_matrix_csv(metrics).encode("utf-8"),
+        "report.html": html.encode("utf-8"),
+    }

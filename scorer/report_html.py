@@ -1,0 +1,243 @@
+"""The self-contained ``report.html`` page of :func:`scorer.report.report_files`.
+
+One static file: inline CSS, images as ``data:`` PNGs, no JavaScript and no network access (a
+Content-Security-Policy meta tag forbids both, as a second line of defence behind escaping,
+because file names shown in the page are untrusted). Every piece of text goes through
+:func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html import escape
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:  # runtime import would be circular: scorer.report imports this module
+    from scorer.report import Example
+
+#: Thumbnails are scaled by an integer factor to at most this many pixels a side.
+THUMB_PX = 64
+#: Source names longer than this are shown as "…" + their end (the full name is in a tooltip).
+_SRC_CHARS = 28
+
+_CSS = """
+:root { color-scheme: light; --ok: 140, 55%; --err: 4, 75%; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
+       color: #1f2328; background: #f6f8fa; margin: 0; padding: 24px; }
+main { max-width: 1120px; margin: 0 auto; }
+h1 { font-size: 24px; margin: 0 0 16px; overflow-wrap: anywhere; }
+h2 { font-size: 17px; margin: 28px 0 10px; }
+section { background: #fff; border: 1px solid #d0d7de; border-radius: 8px; padding: 16px;
+          margin-bottom: 16px; overflow-x: auto; }
+.cards { display: flex; gap: 12px; flex-wrap: wrap; }
+.card { background: #fff; border: 1px solid #d0d7de; border-radius: 8px; padding: 10px 16px;
+        min-width: 140px; }
+.card b { display: block; font-size: 22px; font-variant-numeric: tabular-nums; }
+.card span { color: #59636e; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { padding: 4px 10px; }
+.kv th { text-align: left; color: #59636e; font-weight: 500; }
+.kv td { font-family: ui-monospace, "DejaVu Sans Mono", monospace; overflow-wrap: anywhere; }
+.metrics td, .metrics th { text-align: right; border-bottom: 1px solid #eaeef2; }
+.metrics th:first-child, .metrics td:first-child { text-align: left; }
+.metrics tr.avg td { font-weight: 600; }
+.metrics tr.sep td { border-top: 2px solid #d0d7de; }
+.cm td, .cm th { text-align: center; min-width: 44px; height: 34px; padding: 2px 6px; }
+.cm td { border: 1px solid #fff; }
+.cm .axis { color: #59636e; font-weight: 600; letter-spacing: .06em; }
+.cm .vert { writing-mode: vertical-rl; transform: rotate(180deg); }
+.cm .tot { color: #59636e; font-weight: 400; }
+.cm .zero { color: #b0b7c0; }
+.legend { color: #59636e; font-size: 12px; margin-top: 8px; }
+.sw { display: inline-block; width: 12px; height: 12px; vertical-align: -2px; border-radius: 2px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(176px, 1fr)); gap: 10px; }
+figure { margin: 0; padding: 8px; border: 1px solid #d0d7de; border-radius: 6px;
+         text-align: center; background: #fff; }
+figure.err { border-color: hsl(var(--err), 60%); background: hsl(var(--err), 97%); }
+.thumb { height: 64px; display: flex; align-items: center; justify-content: center; }
+/* Natural size (an integer multiple of the input): CSS rescaling would make uneven pixels. */
+.thumb img { image-rendering: pixelated; image-rendering: crisp-edges; background: #000; }
+figcaption { font-size: 12px; margin-top: 4px; }
+.src { display: block; color: #59636e; font: 11px ui-monospace, "DejaVu Sans Mono", monospace;
+       white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.muted { color: #59636e; }
+"""
+
+
+def thumbnail_data_uri(image: np.ndarray) -> str:
+    """PNG ``data:`` URI of an image scaled up (nearest neighbour) to about THUMB_PX pixels.
+
+    Parameters
+    ----------
+    image : ndarray of shape (h, w) or (h, w, 1)
+        uint8 grey levels; other dtypes are clipped to [0, 255] and cast.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise ValueError(f"expected a 2-D image, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    # Integer factor so every source pixel becomes an equal square block (28 -> 56, 8 -> 64).
+    scale = max(1, THUMB_PX // max(arr.shape))
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    img = img.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _cell_style(value: float, diagonal: bool) -> str:
+    """Background shade for a confusion-matrix cell; value is the row-normalised share, 0..1."""
+    if value <= 0:
+        return ""
+    hue = "var(--ok)" if diagonal else "var(--err)"
+    # A square root lifts small error rates (1-5 %) into visible tints; lightness 96 % -> 36 %.
+    lightness = 96 - 60 * value**0.5
+    ink = "#fff" if lightness < 60 else "#1f2328"
+    return f' style="background:hsl({hue},{lightness:.0f}%);color:{ink}"'
+
+
+def _confusion_table(metrics: dict) -> str:
+    labels = [escape(x) for x in metrics["labels"]]
+    cm = np.asarray(metrics["confusion_matrix"], dtype=np.int64).reshape(len(labels), len(labels))
+    totals = cm.sum(axis=1)
+    share = cm / np.maximum(totals, 1)[:, None]
+    head = "".join(f"<th>{x}</th>" for x in labels)
+    rows = []
+    for i, label in enumerate(labels):
+        cells = []
+        for j, count in enumerate(cm[i]):
+            tip = f"true {label}, predicted {labels[j]}: {count} ({share[i, j]:.1%} of row)"
+            cls = ' class="zero"' if count == 0 else ""
+            style = _cell_style(share[i, j], i == j)
+            cells.append(f'<td title="{tip}"{cls}{style}>{count}</td>')
+        lead = f'<th class="axis vert" rowspan="{len(labels)}">true</th>' if i == 0 else ""
+        rows.append(
+            f'<tr>{lead}<th>{label}</th>{"".join(cells)}<td class="tot">{totals[i]}</td></tr>'
+        )
+    return (
+        '<table class="cm">'
+        f'<tr><th colspan="2"></th><th class="axis" colspan="{len(labels)}">predicted</th>'
+        "<th></th></tr>"
+        f'<tr><th colspan="2"></th>{head}<th class="tot">total</th></tr>'
+        + "".join(rows)
+        + "</table>"
+        '<p class="legend">Shade = share of the true class (row). '
+        '<span class="sw" style="background:hsl(var(--ok),50%)"></span> correct '
+        '<span class="sw" style="background:hsl(var(--err),60%)"></span> errors</p>'
+    )
+
+
+def _metrics_table(metrics: dict) -> str:
+    def row(name: str, m: dict, cls: str = "") -> str:
+        nums = "".join(f"<td>{m[k]:.4f}</td>" for k in ("precision", "recall", "f1-score"))
+        return f"<tr{cls}><td>{escape(name)}</td>{nums}<td>{m['support']}</td></tr>"
+
+    body = [row(label, metrics["classes"][label]) for label in metrics["labels"]]
+    body.append(
+        f'<tr class="avg sep"><td>accuracy</td><td></td><td></td>'
+        f"<td>{metrics['accuracy']:.4f}</td><td>{metrics['samples']}</td></tr>"
+    )
+    body += [row(avg, metrics[avg], ' class="avg"') for avg in ("macro avg", "weighted avg")]
+    return (
+        '<table class="metrics"><tr><th>class</th><th>precision</th><th>recall</th>'
+        "<th>F1</th><th>support</th></tr>" + "".join(body) + "</table>"
+    )
+
+
+def _kv_table(run: dict) -> str:
+    def text(v) -> str:
+        if isinstance(v, np.generic):  # numpy scalars (e.g. a float32 rate) print as numbers
+            v = v.item()
+        return v if isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False)
+
+    rows = "".join(
+        f"<tr><th>{escape(str(k))}</th><td>{escape(text(v))}</td></tr>" for k, v in run.items()
+    )
+    return f'<table class="kv">{rows}</table>'
+
+
+def _caption(ex: Example, labels: list[str]) -> str:
+    def name(i: int) -> str:
+        return labels[i] if 0 <= i < len(labels) else str(i)
+
+    guess = f"predicted {name(ex.prediction)}"
+    text = guess if ex.label is None else f"true {name(ex.label)} → {guess}"
+    return f"{text} ({ex.confidence:.2f})"
+
+
+def _grid(examples: list[Example], labels: list[str], empty: str) -> str:
+    if not examples:
+        return f'<p class="muted">{escape(empty)}</p>'
+    figs = []
+    for ex in examples:
+        src = escape(ex.source, quote=True)
+        # Long S3/zip paths differ at the end (the member name), so elide the start, not the end.
+        tail = ex.source if len(ex.source) <= _SRC_CHARS else "…" + ex.source[-_SRC_CHARS + 1 :]
+        cls = ' class="err"' if ex.is_error else ""
+        caption = escape(_caption(ex, labels))
+        uri = thumbnail_data_uri(ex.image)
+        figs.append(
+            f'<figure{cls}><div class="thumb"><img alt="{caption}" src="{uri}"></div>'
+            f'<figcaption>{caption}<span class="src" title="{src}">{escape(tail)}</span>'
+            "</figcaption></figure>"
+        )
+    return f'<div class="grid">{"".join(figs)}</div>'
+
+
+def render_html(
+    metrics: dict,
+    *,
+    title: str,
+    misclassified: list[Example],
+    least_confident: list[Example],
+    run: dict,
+) -> str:
+    """The whole page as a str (metrics as returned by :func:`scorer.report.compute_metrics`)."""
+    labels = metrics["labels"]
+    n, acc = metrics["samples"], metrics["accuracy"]
+    errors = n - int(np.trace(np.asarray(metrics["confusion_matrix"]).reshape(len(labels), -1)))
+    cards = [
+        ("samples", f"{n:,}"),
+        ("accuracy", f"{acc:.2%}"),
+        ("macro F1", f"{metrics['macro avg']['f1-score']:.4f}"),
+        ("errors", f"{errors:,}"),
+    ]
+    card_html = "".join(f'<div class="card"><span>{k}</span><b>{v}</b></div>' for k, v in cards)
+    run_html = f"<h2>Run</h2><section>{_kv_table(run)}</section>" if run else ""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy"
+ content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<main>
+<h1>{escape(title)}</h1>
+<div class="cards">{card_html}</div>
+{run_html}
+<h2>Confusion matrix</h2>
+<section>{_confusion_table(metrics)}</section>
+<h2>Per-class metrics</h2>
+<section>{_metrics_table(metrics)}</section>
+<h2>Misclassified <span class="muted">({len(misclassified)} of {errors:,} shown)</span></h2>
+<section>{_grid(misclassified, labels, "No misclassified examples.")}</section>
+<h2>Least confident <span class="muted">({len(least_confident)} lowest-confidence
+ predictions)</span></h2>
+<section>{_grid(least_confident, labels, "No examples.")}</section>
+</main>
+</body>
+</html>
+"""

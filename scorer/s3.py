@@ -1,0 +1,235 @@
+"""S3 inputs for ``scorer.sources``: prefixes, single objects and zip objects.
+
+Only imported when an ``s3://`` spec is used; boto3 itself is imported inside ``client()``.
+Configuration is boto3's own: the default credentials chain, the region from the environment,
+and ``AWS_ENDPOINT_URL`` for S3-compatible endpoints (read by boto3 >= 1.28 by itself).
+
+Keys are listed lazily page by page; objects are fetched by a thread pool through a bounded
+window (by count and by listed bytes), and yielded in key order, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from scorer import sources
+from scorer.sources import Input, SourceError, SourceStats
+
+PAGE_SIZE = 1000  # ListObjectsV2 page size (the S3 maximum); tests shrink it to force pages
+MAX_WORKERS = 16
+MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024  # by listed size, so 64 big objects cannot pile up
+SPOOL_BYTES = 32 * 1024 * 1024  # zip objects up to this stay in memory, bigger ones go to /tmp
+_CHUNK = 1024 * 1024
+
+
+_client_lock = threading.Lock()
+
+
+def client() -> Any:
+    """One S3 client per process: clients are thread-safe, but creating one is not (nor cheap)."""
+    with _client_lock:
+        return _make_client()
+
+
+@functools.lru_cache(maxsize=1)
+def _make_client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "standard"}, max_pool_connections=MAX_WORKERS + 4)
+    return boto3.client("s3", config=config)
+
+
+def reset_client() -> None:
+    """Forget the cached client (tests that change the endpoint or credentials call this)."""
+    with _client_lock:
+        _make_client.cache_clear()
+
+
+def _s3_errors() -> tuple[type[BaseException], ...]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError, OSError)
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _url(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def iter_s3_url(url: str, stats: SourceStats, *, fail_fast: bool = False) -> Iterator[Input]:
+    """``s3://bucket/prefix/`` -> every object under it; ``s3://bucket/key`` -> that object.
+
+    A key without a trailing slash that is not an object is tried as a folder (``key/``), as
+    ``aws s3 ls`` users expect. A missing bucket or nothing under the prefix is a SourceError.
+    """
+    bucket, key = sources.parse_s3_url(url)
+    if key and not key.endswith("/"):
+        if _object_exists(bucket, key, fail_fast):
+            yield from iter_s3_object(bucket, key, stats, fail_fast=fail_fast)
+            return
+        key += "/"
+    yield from _iter_prefix(bucket, key, stats, fail_fast)
+
+
+def _object_exists(bucket: str, key: str, fail_fast: bool) -> bool:
+    try:
+        client().head_object(Bucket=bucket, Key=key)
+    except _s3_errors() as exc:
+        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        if fail_fast:
+            raise
+        # 403 and friends: let the GET report the real reason as an error row.
+    return True
+
+
+def iter_s3_object(
+    bucket: str, key: str, stats: SourceStats, *, fail_fast: bool = True
+) -> Iterator[Input]:
+    """One S3 object: an image -> one Input; a .zip -> one Input per member image."""
+    ext = sources.extension(key)
+    if ext == sources.ZIP_EXTENSION:
+        yield from _iter_zip_object(bucket, key, stats, fail_fast)
+    elif ext in sources.IMAGE_EXTENSIONS:
+        yield _get_image(bucket, key, fail_fast)
+    else:
+        stats.skip(_url(bucket, key))
+
+
+def _list_objects(bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """Objects under the prefix, lazily, page by page, in S3's (UTF-8 binary = key) order."""
+    paginator = client().get_paginator("list_objects_v2")
+    pages = paginator.paginate(
+        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": PAGE_SIZE}
+    )
+    for page in pages:
+        yield from page.get("Contents", [])
+
+
+def _listing(bucket: str, prefix: str, fail_fast: bool) -> Iterator[dict[str, Any] | Input]:
+    """Listed objects; an empty prefix or a missing bucket raise SourceError before anything.
+
+    A listing failure later on raises (fail_fast) or ends this spec with one error row.
+    """
+    url = _url(bucket, prefix)
+    seen_any = False
+    try:
+        for obj in _list_objects(bucket, prefix):
+            seen_any = True
+            yield obj
+    except _s3_errors() as exc:
+        if _error_code(exc) == "NoSuchBucket":
+            raise SourceError(f"{url}: no such bucket") from None
+        if fail_fast:
+            raise
+        yield sources.error_input(url, f"S3 listing failed: {exc}")
+        return
+    if not seen_any:
+        raise SourceError(f"{url}: no objects under this prefix")
+
+
+def _skip_silently(key: str, prefix: str) -> bool:
+    """Folder markers ("x/", made by the console) and hidden entries below the prefix."""
+    return key.endswith("/") or any(map(sources.is_hidden, key[len(prefix) :].split("/")))
+
+
+def _iter_prefix(bucket: str, prefix: str, stats: SourceStats, fail_fast: bool) -> Iterator[Input]:
+    """Fetch image objects concurrently, yielding in key order through a bounded window."""
+    window: deque[tuple[int, Future[Input] | Input]] = deque()
+    window_bytes = 0
+    pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="s3-get")
+    try:
+        for obj in _listing(bucket, prefix, fail_fast):
+            if isinstance(obj, Input):  # the listing failed part-way
+                window.append((0, obj))
+                break
+            key, size = obj["Key"], int(obj.get("Size", 0))
+            if _skip_silently(key, prefix):
+                continue
+            ext = sources.extension(key)
+            if ext == sources.ZIP_EXTENSION:
+                # One zip at a time, in order: drain first so zips never pile up in memory.
+                while window:
+                    yield _result(window.popleft()[1])
+                window_bytes = 0
+                yield from _iter_zip_object(bucket, key, stats, fail_fast)
+            elif ext not in sources.IMAGE_EXTENSIONS:
+                stats.skip(_url(bucket, key))
+            elif size > sources.MAX_FILE_BYTES:
+                window.append((0, _too_large(bucket, key, size)))
+            else:
+                window.append((size, pool.submit(_get_image, bucket, key, fail_fast)))
+                window_bytes += size
+            while window and (len(window) >= MAX_IN_FLIGHT or window_bytes > MAX_IN_FLIGHT_BYTES):
+                size_done, item = window.popleft()
+                window_bytes -= size_done
+                yield _result(item)
+        while window:
+            yield _result(window.popleft()[1])
+    finally:
+        # Also runs when the consumer stops early or a GET raised: drop what has not started.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(item: Future[Input] | Input) -> Input:
+    return item if isinstance(item, Input) else item.result()
+
+
+def _too_large(bucket: str, key: str, size: int) -> Input:
+    name = _url(bucket, key)
+    return sources.error_input(name, sources.too_large_reason(size), sources.label_from_parent(key))
+
+
+def _get_image(bucket: str, key: str, fail_fast: bool) -> Input:
+    """GET one image object (runs in worker threads); S3 errors raise or become an error row."""
+    name = _url(bucket, key)
+    label = sources.label_from_parent(key)
+    try:
+        response = client().get_object(Bucket=bucket, Key=key)
+        body = response["Body"]
+        try:
+            size = int(response.get("ContentLength", 0))
+            if size > sources.MAX_FILE_BYTES:
+                return _too_large(bucket, key, size)
+            data = sources.read_capped(body, expected=size)
+        finally:
+            body.close()
+    except _s3_errors() as exc:
+        if fail_fast:
+            raise
+        return sources.error_input(name, f"S3 GET failed: {exc}", label)
+    if len(data) > sources.MAX_FILE_BYTES:
+        return _too_large(bucket, key, len(data))
+    return Input(name=name, data=data, error=None, label=label)
+
+
+def _iter_zip_object(bucket: str, key: str, stats: SourceStats, fail_fast: bool) -> Iterator[Input]:
+    """Download a zip object to a spooled temp file (memory, then /tmp) and expand it."""
+    name = _url(bucket, key)
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+        try:
+            body = client().get_object(Bucket=bucket, Key=key)["Body"]
+            try:
+                shutil.copyfileobj(body, spool, _CHUNK)
+            finally:
+                body.close()
+        except _s3_errors() as exc:
+            if fail_fast:
+                raise
+            yield sources.error_input(name, f"S3 GET failed: {exc}")
+            return
+        spool.seek(0)
+        yield from sources.iter_zip(spool, name, stats)  # type: ignore[arg-type]
