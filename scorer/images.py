@@ -1,0 +1,381 @@
+"""Turn arbitrary user images of one handwritten digit into model-ready arrays.
+
+Pure functions over numpy + Pillow (no TensorFlow/SciPy: this runs in the light scorer).
+The pipeline mirrors how MNIST was made: find the ink, scale it so its longest side is
+``digit_box`` px, and place it on the canvas by its centre of mass (or bounding box).
+All intermediate images are float32 (H, W) arrays; "light ink" means ink > background.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import warnings
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+MAX_IMAGE_PIXELS = 40_000_000  # checked from the header, before any pixel is decoded
+WORK_SIDE = 512  # larger photos are reduced first: the digit ends up ~20 px anyway
+SMALL_SIDE = 64  # images up to this size skip denoising and lighting correction (speed)
+INK_THRESHOLD = 64.0  # after stretching ink to 255, blurred pixels above this count as ink
+MIN_CONTRAST = 10.0  # ink must stand this many grey levels above the noise floor
+FAINT_INK = 8.0  # faint antialiased rim kept around the ink of small images
+MIN_STROKE = 0.09  # thinnest stroke kept, as a fraction of the digit's longest side (MNIST ~0.13)
+_RESIZE = Image.Resampling
+
+
+class ImageError(ValueError):
+    """An input that cannot be scored; str(err) is a one-line human reason (no newlines)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where and how big the digit goes on the model's input canvas."""
+
+    height: int = 28
+    width: int = 28
+    digit_box: int = 20
+    centering: str = "mass"
+    supersample: int = 1
+    ink: str = "light"
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width", "digit_box", "supersample"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"geometry {name} must be a positive integer, got {value!r}")
+        if self.centering not in ("mass", "box"):
+            raise ValueError(f"geometry centering must be 'mass' or 'box', got {self.centering!r}")
+        if self.ink not in ("light", "dark"):
+            raise ValueError(f"geometry ink must be 'light' or 'dark', got {self.ink!r}")
+        if self.digit_box > min(self.height, self.width) * self.supersample:
+            raise ValueError("geometry digit_box must fit in the (supersampled) canvas")
+
+    def to_manifest(self) -> dict:
+        """Plain JSON-able dict of the fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, d: dict) -> Geometry:
+        """Inverse of to_manifest; unknown keys are ignored, bad values raise ValueError."""
+        if not isinstance(d, dict):
+            raise ValueError(f"geometry manifest must be a dict, got {type(d).__name__}")
+        kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        for name, value in kwargs.items():  # JSON writers may emit 28.0 for 28
+            if isinstance(value, float) and value.is_integer():
+                kwargs[name] = int(value)
+        return cls(**kwargs)
+
+
+MNIST_GEOMETRY = Geometry()
+DIGITS_8X8_GEOMETRY = Geometry(height=8, width=8, digit_box=32, centering="box", supersample=4)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _open(data: bytes, max_side: int | None = None) -> Image.Image:
+    """Bytes -> loaded, upright first frame; JPEGs may be decoded at reduced size (draft)."""
+    if not isinstance(data, bytes | bytearray | memoryview) or len(data) == 0:
+        raise ImageError("empty input: no image data")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ImageError(f"image too large: {w}x{h} pixels (limit {MAX_IMAGE_PIXELS})")
+            if max_side and im.format == "JPEG" and max(w, h) > 2 * max_side:
+                im.draft(None, (w * max_side // max(w, h), h * max_side // max(w, h)))
+            im.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image too large (decompression bomb): {exc}") from exc
+    except Exception as exc:  # Pillow's plugins raise many types for malformed input
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ImageError(f"not a readable image: {reason}") from exc
+    if im.format in ("JPEG", "MPO", "TIFF", "WEBP") or "exif" in im.info:
+        im = ImageOps.exif_transpose(im)  # phones store rotated pixels plus a tag
+    return im
+
+
+def _to_grey(im: Image.Image) -> np.ndarray:
+    """PIL image of any mode -> float32 (H, W) in [0, 255]; alpha composited on white."""
+    mode = im.mode
+    if mode == "L":
+        return np.asarray(im, dtype=np.float32)
+    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float greyscale
+        grey = np.asarray(im, dtype=np.float32)
+        if grey.ndim != 2:
+            grey = np.asarray(im.convert("F"), dtype=np.float32)
+        top = float(grey.max(initial=0.0))
+        if mode == "F" and top <= 1.0:
+            grey = grey * 255.0  # floats in [0, 1]
+        elif top > 255.0:
+            grey = grey * (255.0 / (65535.0 if top <= 65535.0 else top))
+        return np.clip(grey, 0.0, 255.0)
+    if "A" in mode or "a" in mode or "transparency" in im.info:
+        la = np.asarray(im.convert("RGBA").convert("LA"), dtype=np.float32)
+        alpha = la[..., 1] / 255.0
+        return la[..., 0] * alpha + 255.0 * (1.0 - alpha)
+    if mode not in ("1", "P", "RGB", "CMYK"):
+        im = im.convert("RGB")  # YCbCr, LAB, HSV, ...
+    return np.asarray(im.convert("L"), dtype=np.float32)
+
+
+def decode(data: bytes) -> np.ndarray:
+    """Bytes of any supported image -> float32 greyscale (H, W) in [0, 255], polarity as stored.
+
+    First frame of GIF/TIFF, EXIF orientation applied, alpha composited on white.
+    Raises ImageError for empty, corrupt, non-image or oversized (bomb) data.
+    """
+    return _to_grey(_open(data))
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _blur(grey: np.ndarray) -> np.ndarray:
+    """float32 (H, W) -> same; binomial [1,4,6,4,1]/16 blur (sigma ~1) to tame speckle."""
+    k = np.array([1, 4, 6, 4, 1], np.float32) / 16
+    out = np.pad(grey, 2, mode="edge")
+    out = sum(k[i] * out[i : i + grey.shape[0], :] for i in range(5))
+    return sum(k[i] * out[:, i : i + grey.shape[1]] for i in range(5))
+
+
+@functools.lru_cache(maxsize=16)
+def _ring_index(h: int, w: int) -> np.ndarray:
+    """Flat indices of the outermost ring of an (h, w) image (cached: shapes repeat)."""
+    idx = np.arange(h * w).reshape(h, w)
+    return np.concatenate([idx[0], idx[-1], idx[1:-1, 0], idx[1:-1, -1]]) if h > 1 else idx[0]
+
+
+def _ring(grey: np.ndarray) -> np.ndarray:
+    """float (H, W) -> 1-D array of the outermost ring of pixels."""
+    return grey.take(_ring_index(*grey.shape))
+
+
+def _median(values: np.ndarray) -> float:
+    """Upper median of a 1-D array (np.median is ~10x slower on tiny arrays)."""
+    return float(np.partition(values, values.size // 2)[values.size // 2])
+
+
+def border_level(grey: np.ndarray) -> float:
+    """Background estimate of float (H, W): median of the outermost ring of pixels."""
+    return _median(_ring(grey))
+
+
+def ink_is_dark(grey: np.ndarray, background: float | None = None) -> bool:
+    """True if float (H, W) has dark ink: its darkest extreme lies further from the background
+    (default: the border level) than its lightest."""
+    bg = border_level(grey) if background is None else background
+    # Extremes after a light blur: a lone hot pixel fades to ~14%, a 1-px line keeps ~37%.
+    probe = grey if max(grey.shape) <= SMALL_SIDE else _blur(grey)
+    return bg - float(probe.min()) > float(probe.max()) - bg
+
+
+def to_light_ink(grey: np.ndarray) -> np.ndarray:
+    """float32 (H, W) -> float32 (H, W) with light ink on a dark background (inverted if needed)."""
+    return (255.0 - grey).astype(np.float32) if ink_is_dark(grey) else grey
+
+
+def flatten_background(
+    grey: np.ndarray, paper: bool = False, background: float | None = None
+) -> np.ndarray:
+    """Light-ink float32 (H, W) -> float32 (H, W) ink above background (noise may go < 0).
+
+    Small images use the border level; larger ones subtract a quadratic surface fitted to
+    the background, which removes the smooth lighting gradients of photos. ``paper``: the
+    input is inverted dark-on-paper, where ink contrast is proportional to the light falling
+    on the paper, so the ink is also divided by the local paper brightness (255 - surface).
+    ``background`` (small images only) saves recomputing the border level.
+    """
+    h, w = grey.shape
+    if max(h, w) <= SMALL_SIDE:
+        bg = border_level(grey) if background is None else background
+        return grey - np.float32(bg) if bg != 0 else grey
+    gh, gw = min(h, 24), min(w, 24)
+    coarse = np.asarray(Image.fromarray(grey).resize((gw, gh), _RESIZE.BOX), np.float64)
+    yy, xx = np.mgrid[0:1 : gh * 1j, 0:1 : gw * 1j]
+    terms = np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy], -1).reshape(-1, 6)
+    values = coarse.ravel()
+    keep = values <= np.median(values)  # ink is light, so the darker half is background
+    for _ in range(3):  # refit on the cells closest to (or below) the current surface
+        coef = np.linalg.lstsq(terms[keep], values[keep], rcond=None)[0]
+        resid = values - terms @ coef
+        keep = resid <= np.quantile(resid, 0.5)
+    y = np.linspace(0, 1, h)[:, None]
+    x = np.linspace(0, 1, w)[None, :]
+    c = coef.astype(np.float32)
+    surface = c[0] + c[1] * x + c[2] * y + c[3] * x * x + c[4] * x * y + c[5] * y * y
+    ink = grey - surface  # unclipped, so the noise statistics downstream stay honest
+    if paper:  # rescale so fully dark ink reads 255 wherever the paper is
+        ink *= 255.0 / np.maximum(255.0 - surface, 16.0)
+    return ink.astype(np.float32)
+
+
+def stretch_contrast(grey: np.ndarray) -> np.ndarray:
+    """Background-free float32 (H, W) -> float32 (H, W) in [0, 255]: noise to 0, ink to 255.
+
+    The noise floor is 3 robust sigmas of the border; the ink level is the (blurred) maximum.
+    """
+    ring = _ring(grey)
+    floor = 0.0
+    if ring.max() != ring.min():  # digital drawings have a flat border: skip the statistics
+        mid = _median(ring)
+        floor = mid + 3 * 1.4826 * _median(np.abs(ring - mid))
+    small = max(grey.shape) <= SMALL_SIDE
+    top = float(grey.max() if small else _blur(grey).max())
+    if top - floor < MIN_CONTRAST:
+        raise ImageError("blank image: no ink found")
+    if floor == 0.0 and top == 255.0:
+        return np.maximum(grey, 0.0)
+    out = (grey - floor) * np.float32(255.0 / (top - floor))
+    return np.minimum(np.maximum(out, 0.0, out=out), 255.0, out=out)
+
+
+def _span(profile: np.ndarray, threshold: float) -> tuple[int, int]:
+    """1-D profile -> half-open (start, stop) of the entries above threshold."""
+    on = (profile > threshold).nonzero()[0]
+    if on.size == 0:
+        raise ImageError("blank image: no ink found")
+    return int(on[0]), int(on[-1]) + 1
+
+
+def crop_with_extent(grey: np.ndarray, threshold: float = INK_THRESHOLD):
+    """Stretched float32 (H, W) -> (float32 crop around the ink, ink's longest side in px).
+
+    Large images are thresholded after a light blur, so isolated specks do not count.
+    Small ones are not blurred; their crop grows by up to 1 px to take in a faint
+    antialiased rim (> FAINT_INK) that is not counted in the extent, so an already
+    normalised digit keeps its size and centre of mass. Raises ImageError if there is no ink.
+    """
+    small = max(grey.shape) <= SMALL_SIDE
+    probe = grey if small else _blur(grey)
+    rows, cols = probe.max(1), probe.max(0)
+    (r0, r1), (c0, c1) = _span(rows, threshold), _span(cols, threshold)
+    extent = max(r1 - r0, c1 - c0)
+    if small:  # scalar look-ups: cheaper than two more numpy passes on a 28x28 image
+        r0 -= r0 > 0 and rows[r0 - 1] > FAINT_INK
+        r1 += r1 < rows.size and rows[r1] > FAINT_INK
+        c0 -= c0 > 0 and cols[c0 - 1] > FAINT_INK
+        c1 += c1 < cols.size and cols[c1] > FAINT_INK
+    return grey[r0:r1, c0:c1], extent
+
+
+def crop_to_ink(grey: np.ndarray, threshold: float = INK_THRESHOLD) -> np.ndarray:
+    """Stretched float32 (H, W) -> float32 crop to the ink's bounding box (see crop_with_extent)."""
+    return crop_with_extent(grey, threshold)[0]
+
+
+def _dilate(grey: np.ndarray, steps: int) -> np.ndarray:
+    """float32 (H, W) -> (H + 2 steps, W + 2 steps), grey-level dilation by ``steps`` px."""
+    out = np.pad(grey, steps)
+    for i in range(steps):
+        p = np.pad(out, 1)
+        shifts = [p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]
+        if i % 2 == 0:  # alternate square and cross: an octagon, closer to a round pen
+            shifts += [p[:-2, :-2], p[:-2, 2:], p[2:, :-2], p[2:, 2:]]
+        out = np.maximum.reduce([out, *shifts])
+    return out
+
+
+def stroke_width(grey: np.ndarray, threshold: float = 127.0) -> float:
+    """Mean stroke width in px of float (H, W): area / (half the area lost to a 1-px erosion)."""
+    mask = grey > threshold
+    inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    area, lost = int(mask.sum()), int(mask.sum() - inner.sum())
+    return 2.0 * area / lost if lost else float(min(grey.shape))
+
+
+def thicken_strokes(grey: np.ndarray, min_fraction: float = MIN_STROKE) -> np.ndarray:
+    """Cropped float32 (H, W) -> float32, strokes dilated to >= min_fraction of the longest side.
+
+    Thin pen lines would otherwise shrink to faint sub-pixel traces at 20 px.
+    """
+    need = min_fraction * max(grey.shape) - stroke_width(grey)
+    if need < 1.0:
+        return grey
+    steps = int(round(need / 2))
+    return _dilate(grey, steps) if steps else grey
+
+
+def fit_box(grey: np.ndarray, box: int, extent: int | None = None) -> np.ndarray:
+    """float32 (H, W) -> float32 resized (antialiased, aspect kept) by box / extent.
+
+    ``extent`` is the digit's longest side, by default max(H, W), which then becomes ``box``.
+    """
+    h, w = grey.shape
+    extent = extent or max(h, w)
+    if extent == box:
+        return grey
+    scale = box / extent
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    method = _RESIZE.LANCZOS if scale < 1 else _RESIZE.BICUBIC
+    out = np.asarray(Image.fromarray(grey).resize(size, method), dtype=np.float32)
+    return np.maximum(out, 0.0)  # Lanczos/bicubic ring below zero next to strokes
+
+
+def place(grey: np.ndarray, geometry: Geometry = MNIST_GEOMETRY) -> np.ndarray:
+    """float (h, w) digit -> uint8 (geometry.height, geometry.width), light ink, max 255.
+
+    The digit is pasted (clipped) so its centre of mass, or its box, sits at the canvas
+    centre; with supersample s it is placed on an s-times canvas, then s x s blocks averaged.
+    """
+    s = geometry.supersample
+    ch, cw, (h, w) = geometry.height * s, geometry.width * s, grey.shape
+    if geometry.centering == "mass":
+        rows = grey.sum(1)
+        total = max(float(rows.sum()), 1e-6)
+        cy = float(rows @ np.arange(h, dtype=np.float32)) / total
+        cx = float(grey.sum(0) @ np.arange(w, dtype=np.float32)) / total
+        # centre index 14 for 28 px: MNIST's measured mean centre of mass is 14.0 +- 0.29
+        top, left = math.floor(ch / 2 - cy + 0.5), math.floor(cw / 2 - cx + 0.5)
+    else:
+        top, left = math.floor((ch - h) / 2 + 0.5), math.floor((cw - w) / 2 + 0.5)
+    canvas = np.zeros((ch, cw), np.float32)
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + h, ch), min(left + w, cw)
+    if y1 > y0 and x1 > x0:
+        canvas[y0:y1, x0:x1] = grey[y0 - top : y1 - top, x0 - left : x1 - left]
+    if s > 1:
+        canvas = canvas.reshape(geometry.height, s, geometry.width, s).mean((1, 3))
+    peak = float(canvas.max())
+    if peak <= 0:
+        raise ImageError("blank image: no ink found")
+    if peak != 255.0:  # resizing and averaging dim the peak; MNIST's is 255
+        canvas *= np.float32(255.0 / peak)
+    out = (canvas + np.float32(0.5)).astype(np.uint8)
+    return 255 - out if geometry.ink == "dark" else out
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def normalize(data: bytes, geometry: Geometry = MNIST_GEOMETRY) -> np.ndarray:
+    """Bytes -> uint8 (geometry.height, geometry.width), light ink on dark, ready for the model.
+
+    Raises ImageError for unreadable, oversized or blank images.
+    """
+    grey = _to_grey(_open(data, WORK_SIDE))
+    if max(grey.shape) > WORK_SIDE:  # cheap antialiased reduction for big photos
+        factor = -(-max(grey.shape) // WORK_SIDE)
+        grey = np.asarray(Image.fromarray(grey).reduce(factor), dtype=np.float32)
+    bg = border_level(grey)
+    dark = ink_is_dark(grey, bg)
+    if dark:
+        grey, bg = 255.0 - grey, 255.0 - bg
+    grey = flatten_background(grey, paper=dark, background=bg)
+    grey, extent = crop_with_extent(stretch_contrast(grey))
+    box = geometry.digit_box
+    if extent > 4 * box:  # reduce in two stages so thin lines survive thickening
+        grey = fit_box(grey, 4 * box)
+        grey, extent = grey * (255.0 / max(float(grey.max()), 1e-6)), max(grey.shape)
+    if extent > box:
+        thick = thicken_strokes(grey)
+        grey, extent = thick, extent + thick.shape[0] - grey.shape[0]
+    return place(fit_box(grey, box, extent), geometry)
