@@ -16,6 +16,7 @@ and contents are read only when the consumer asks for the next input, so memory 
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
@@ -50,6 +51,15 @@ class Input:
     data: bytes | None
     error: str | None
     label: int | None
+    path: str | None = None  # a local file not read yet (``defer_reads``): see ``read()``
+
+    def read(self) -> Input:
+        """This input with its bytes (or the reason they could not be read): deferred reads let
+        worker processes do the file I/O instead of the process that lists the files."""
+        if self.path is None or self.data is not None or self.error is not None:
+            return self
+        loaded = _read_local(self.path)
+        return Input(self.name, loaded.data, loaded.error, self.label)
 
 
 @dataclass
@@ -111,7 +121,7 @@ def check_specs(specs: Iterable[str]) -> list[str]:
 
 
 def iter_inputs(
-    specs: Iterable[str], stats: SourceStats, *, fail_fast: bool = False
+    specs: Iterable[str], stats: SourceStats, *, fail_fast: bool = False, defer_reads: bool = False
 ) -> Iterator[Input]:
     """Yield an Input for every image named by ``specs``, in a deterministic order.
 
@@ -122,22 +132,25 @@ def iter_inputs(
     Local specs are validated now, before anything is yielded (SourceError). ``fail_fast`` only
     concerns S3: when True, S3 errors (throttling, 5xx, access denied) raise so that the caller's
     message is retried; when False they become error rows. Local and zip problems specific to one
-    object are always error rows.
+    object are always error rows. ``defer_reads``: local image files are yielded unread (with
+    ``path`` set), for the consumer to ``read()`` where it suits it.
     """
     checked = check_specs(specs)
-    return _iter_checked(checked, stats, fail_fast)
+    return _iter_checked(checked, stats, fail_fast, defer_reads)
 
 
-def _iter_checked(specs: list[str], stats: SourceStats, fail_fast: bool) -> Iterator[Input]:
+def _iter_checked(
+    specs: list[str], stats: SourceStats, fail_fast: bool, defer_reads: bool = False
+) -> Iterator[Input]:
     for spec in specs:
         if is_s3(spec):
             from scorer import s3  # lazy: boto3 is only needed (and installed) for S3 use
 
             yield from s3.iter_s3_url(spec, stats, fail_fast=fail_fast)
         elif os.path.isdir(spec):
-            yield from _walk_folder(spec, stats)
+            yield from _walk_folder(spec, stats, defer_reads)
         else:
-            yield from _iter_file(spec, stats)
+            yield from _iter_file(spec, stats, defer_reads)
 
 
 def iter_s3_object(
@@ -149,18 +162,19 @@ def iter_s3_object(
     return s3.iter_s3_object(bucket, key, stats, fail_fast=fail_fast)
 
 
-def _iter_file(path: str, stats: SourceStats) -> Iterator[Input]:
+def _iter_file(path: str, stats: SourceStats, defer_reads: bool = False) -> Iterator[Input]:
     """A single local file: an image, a zip to expand, or something to skip and count."""
     ext = extension(path)
     if ext == ZIP_EXTENSION:
         yield from _iter_local_zip(path, stats)
     elif ext in IMAGE_EXTENSIONS:
-        yield _read_local(path)
+        yield Input(path, None, None, label_from_parent(path), path) if defer_reads \
+            else _read_local(path)
     else:
         stats.skip(path)
 
 
-def _walk_folder(root: str, stats: SourceStats) -> Iterator[Input]:
+def _walk_folder(root: str, stats: SourceStats, defer_reads: bool = False) -> Iterator[Input]:
     """Depth-first, sorted walk with an explicit stack (no recursion limit on deep trees)."""
     visited: set[tuple[int, int]] = set()
     stack: list[Iterator[os.DirEntry[str]]] = []
@@ -183,7 +197,7 @@ def _walk_folder(root: str, stats: SourceStats) -> Iterator[Input]:
             elif sub is not None:
                 stack.append(sub)
         else:
-            yield from _iter_file(entry.path, stats)
+            yield from _iter_file(entry.path, stats, defer_reads)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
@@ -211,8 +225,9 @@ def _list_dir(
         return error_input(path, f"cannot list folder: {exc.strerror or exc}")
 
 
-def _open_regular(path: str) -> tuple[BinaryIO | None, str | None]:
-    """Open a regular file for reading without ever blocking; (file, None) or (None, reason).
+def _open_regular_fd(path: str) -> tuple[int | None, int, str | None]:
+    """Open a regular file for reading without ever blocking: (fd, size, None) or
+    (None, 0, reason).
 
     O_NONBLOCK makes opening a FIFO return at once (a plain open() would wait for a writer);
     fstat on the open descriptor then tells regular files from FIFOs, devices and sockets with no
@@ -223,31 +238,47 @@ def _open_regular(path: str) -> tuple[BinaryIO | None, str | None]:
         fd = os.open(path, flags)
     except FileNotFoundError:
         if os.path.islink(path):
-            return None, "dangling symlink"
-        return None, "file not found (removed after listing?)"
+            return None, 0, "dangling symlink"
+        return None, 0, "file not found (removed after listing?)"
     except OSError as exc:
-        return None, exc.strerror or str(exc)
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+        return None, 0, exc.strerror or str(exc)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
+        mode = st.st_mode
         kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special"
-        return None, f"not a regular file ({kind})"
-    return os.fdopen(fd, "rb"), None
+        return None, 0, f"not a regular file ({kind})"
+    return fd, st.st_size, None
+
+
+def _open_regular(path: str) -> tuple[BinaryIO | None, str | None]:
+    """As _open_regular_fd, as a file object: (file, None) or (None, reason)."""
+    fd, _, reason = _open_regular_fd(path)
+    return (None, reason) if fd is None else (os.fdopen(fd, "rb"), None)
+
+
+class _FdReader:
+    """`read(n)` straight on a descriptor: no buffered file object for a one-shot read."""
+
+    __slots__ = ("read",)
+
+    def __init__(self, fd: int):
+        self.read = functools.partial(os.read, fd)
 
 
 def _read_local(path: str) -> Input:
     label = label_from_parent(path)
-    f, reason = _open_regular(path)
-    if f is None:
+    fd, size, reason = _open_regular_fd(path)
+    if fd is None:
         return error_input(path, reason or "cannot open", label)
-    with f:
-        try:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_FILE_BYTES:
-                return error_input(path, too_large_reason(size), label)
-            data = read_capped(f, expected=size)  # it may have grown since fstat
-        except OSError as exc:
-            return error_input(path, exc.strerror or str(exc), label)
+    try:
+        if size > MAX_FILE_BYTES:
+            return error_input(path, too_large_reason(size), label)
+        data = read_capped(_FdReader(fd), expected=size)  # it may have grown since fstat
+    except OSError as exc:
+        return error_input(path, exc.strerror or str(exc), label)
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE_BYTES:
         return error_input(path, too_large_reason(len(data)), label)
     return Input(name=path, data=data, error=None, label=label)

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""`make bench`: scoring throughput on 10,000 MNIST test PNGs, as ratios measured in one run.
+
+Prints images/s for
+  - the whole `digits-score` process (all cores, and one worker as on a 1-vCPU Lambda),
+  - the per-image loop public Lambda samples use (open, greyscale, resize 28x28, invoke),
+  - decoding alone in one process (Pillow open + greyscale), and our normalisation alone,
+  - the wall time of a one-image run (process start to CSV), and the handler's cold start,
+and, on photographed/drawn digits made by tests/digit_factory.py, the accuracy of the per-image
+loop against ours. Figures only: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project and its test image factory
+
+PER_IMAGE_LOOP = r"""
+import sys, time
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from ai_edge_litert.interpreter import Interpreter
+interpreter = Interpreter(model_path=sys.argv[1])
+interpreter.allocate_tensors()
+inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+correct = total = 0
+for path in sorted(Path(sys.argv[2]).rglob("*.png")):
+    pixels = np.asarray(Image.open(path).convert("L").resize((28, 28)), dtype=np.uint8)
+    interpreter.set_tensor(inp["index"], pixels[None])
+    interpreter.invoke()
+    correct += int(interpreter.get_tensor(out["index"]).argmax()) == int(path.parent.name)
+    total += 1
+print(correct / total)
+"""
+
+
+COLD_START = r"""
+import time
+started = time.perf_counter()
+import scorer.handler
+scorer.handler.model()
+print(time.perf_counter() - started)
+"""
+
+
+def write_pngs(folder: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    from PIL import Image
+
+    if (folder / "done").exists():
+        return
+    for label in range(10):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        Image.fromarray(image).save(folder / str(label) / f"{i:05d}.png")
+    (folder / "done").touch()
+
+
+def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    elapsed = time.perf_counter() - started
+    if done.returncode not in (0, 3):
+        sys.exit(f"bench: {' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return elapsed, done
+
+
+def csv_accuracy(path: Path) -> float:
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    return sum(r["prediction"] == r["label"] for r in rows) / max(len(rows), 1)
+
+
+def score_command(model: str, source: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "scorer", str(source), "--model", model, "--out", str(out),
+            *extra]
+
+
+def decode_rate(files: list[Path]) -> float:
+    from PIL import Image
+
+    started = time.perf_counter()
+    for path in files:
+        np.asarray(Image.open(path).convert("L"))
+    return len(files) / (time.perf_counter() - started)
+
+
+def normalize_rate(files: list[Path]) -> float:
+    from scorer.images import normalize
+
+    blobs = [path.read_bytes() for path in files]
+    started = time.perf_counter()
+    for blob in blobs:
+        normalize(blob)
+    return len(blobs) / (time.perf_counter() - started)
+
+
+def styled_accuracy(model: str, images: np.ndarray, labels: np.ndarray, work: Path) -> None:
+    """Accuracy of the per-image loop vs digits-score on realistic photographed/drawn digits."""
+    from digit_factory import STYLES
+
+    rng = np.random.default_rng(0)
+    print(f"\n{'style':<22}{'per-image loop':>16}{'digits-score':>14}")
+    for style, make in STYLES.items():
+        folder = work / f"style-{style}"
+        for label in range(10):
+            (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            data = make(image, rng)
+            (folder / str(label) / f"{i:04d}.png").write_bytes(data)  # any format; .png name
+        loop = subprocess.run([sys.executable, "-c", PER_IMAGE_LOOP, f"{model}/model.tflite",
+                               str(folder)], capture_output=True, text=True, check=True)
+        out = work / f"{style}.csv"
+        timed(score_command(model, folder, out))
+        print(f"{style:<22}{float(loop.stdout):>16.1%}{csv_accuracy(out):>14.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="artifacts", help="model bundle folder")
+    parser.add_argument("--images", type=int, default=10000, help="MNIST test images to use")
+    parser.add_argument("--styled", type=int, default=500, help="images per realistic style")
+    args = parser.parse_args()
+
+    from trainer.data import load_mnist
+
+    mnist = load_mnist()
+    x, y = mnist.x_test[: args.images], mnist.y_test[: args.images]
+    folder = ROOT / ".bench" / f"mnist-png-{len(x)}"
+    write_pngs(folder, x, y)
+    files = sorted(folder.rglob("*.png"))
+    print(f"{len(files)} MNIST test PNGs, {os.cpu_count()} cores, model {args.model}\n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        whole, _ = timed(score_command(args.model, folder, work / "all.csv"))
+        accuracy = csv_accuracy(work / "all.csv")
+        single, _ = timed(score_command(args.model, folder, work / "one-worker.csv",
+                                        "--workers", "1"))
+        loop, done = timed([sys.executable, "-c", PER_IMAGE_LOOP, f"{args.model}/model.tflite",
+                            str(folder)])
+        loop_accuracy = float(done.stdout)
+        one_image = min(timed(score_command(args.model, files[0], work / "one.csv"))[0]
+                        for _ in range(5))
+        decode, normalise = decode_rate(files), normalize_rate(files)
+        cold = subprocess.run([sys.executable, "-c", COLD_START], capture_output=True, text=True,
+                              check=True, env={**os.environ, "MODEL_DIR": args.model})
+
+        rows = [
+            ("digits-score, whole process", len(files) / whole, accuracy),
+            ("digits-score --workers 1", len(files) / single, None),
+            ("per-image loop, whole process", len(files) / loop, loop_accuracy),
+            ("decode only, one process", decode, None),
+            ("normalise only, one process", normalise, None),
+        ]
+        print(f"{'':<34}{'images/s':>10}{'vs loop':>9}{'accuracy':>10}")
+        for name, rate, acc in rows:
+            print(f"{name:<34}{rate:>10,.0f}{rate / (len(files) / loop):>8.2f}x"
+                  f"{'' if acc is None else f'{acc:.2%}':>10}")
+        print(f"\none-image run, process start to CSV: {one_image:.2f} s (best of 5)")
+        print(f"Lambda handler cold start (import + model load): {float(cold.stdout):.2f} s")
+        if args.styled:
+            styled_accuracy(args.model, mnist.x_test[-args.styled:], mnist.y_test[-args.styled:],
+                            work)
+
+
+if __name__ == "__main__":
+    main()
