@@ -58,7 +58,12 @@ class Bundle:
         return list(self.manifest["classes"])
 
     def classifier(self, num_threads: int | None = None) -> Classifier:
-        return Classifier((self.path / self.model_file).read_bytes(), num_threads=num_threads)
+        # The bytes run are the bytes checked: the file may have changed since load_bundle.
+        data = (self.path / self.model_file).read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.manifest["files"][self.model_file]["sha256"]:
+            raise BundleError(f"{self.path / self.model_file}: SHA-256 does not match the "
+                              "manifest; refusing to load it")
+        return Classifier(data, num_threads=num_threads)
 
 
 def load_bundle(path: str | Path, variant: str = "int8") -> Bundle:
@@ -98,6 +103,20 @@ def read_manifest(folder: Path) -> dict:
     for key in ("input", "classes", "files"):
         if key not in manifest:
             raise BundleError(f"{manifest_path}: missing {key!r}")
+    classes, files = manifest["classes"], manifest["files"]
+    if not isinstance(classes, list) or not classes or len(set(map(str, classes))) != len(classes):
+        raise BundleError(f"{manifest_path}: 'classes' must be a non-empty list of unique names")
+    if not isinstance(files, dict) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+            for entry in files.values()):
+        raise BundleError(f"{manifest_path}: 'files' must map names to {{\"sha256\": ...}}")
+    if not isinstance(manifest.get("models", {}), dict):
+        raise BundleError(f"{manifest_path}: 'models' must map variants to file names")
+    try:
+        Geometry.from_manifest(manifest["input"].get("geometry")
+                               if isinstance(manifest["input"], dict) else None)
+    except (ValueError, TypeError) as err:
+        raise BundleError(f"{manifest_path}: bad input geometry ({err})") from err
     return manifest
 
 
@@ -137,6 +156,9 @@ class Classifier:
     def _quantize(self, pixels: np.ndarray) -> np.ndarray:
         dtype = self.input["dtype"]
         scale, zero_point = self.input["quantization"]
+        if pixels.dtype == dtype == np.uint8 and zero_point == 0 and scale and \
+                abs(255.0 / scale - 255.0) < 0.5:
+            return pixels  # calibrated on 0-255 pixels: quantising them is the identity
         values = pixels.astype(np.float32)
         if scale:  # a quantised input: real = scale * (q - zero_point)
             info = np.iinfo(dtype)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import sys
-import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import click
 
@@ -15,28 +12,6 @@ from scorer import __version__
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3
-
-
-@dataclass
-class Tally:
-    scored: int = 0
-    failed: int = 0
-    labelled: int = 0
-    correct: int = 0
-    started: float = field(default_factory=time.perf_counter)
-
-    def add(self, row) -> None:
-        if row.status == "ok":
-            self.scored += 1
-            if row.label is not None:
-                self.labelled += 1
-                self.correct += row.label == row.prediction
-        else:
-            self.failed += 1
-
-    @property
-    def rate(self) -> float:
-        return (self.scored + self.failed) / max(time.perf_counter() - self.started, 1e-9)
 
 
 def read_labels_csv(path: str, classes: list[str]) -> dict[str, int]:
@@ -61,12 +36,29 @@ def read_labels_csv(path: str, classes: list[str]) -> dict[str, int]:
     return labels
 
 
-def apply_labels(inputs, labels: dict[str, int]):
-    """Labels from --labels override folder names: exact source match."""
+def check_out(out: str) -> None:
+    """A local --out must name a file in an existing folder: fail before scoring, not after."""
+    from pathlib import Path
+
+    from scorer.sources import is_s3
+
+    if out == "-" or is_s3(out):
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise click.BadParameter(f"{out} is a folder; give a file name", param_hint="--out")
+    if not path.resolve().parent.is_dir():
+        raise click.BadParameter(f"folder {path.parent} does not exist", param_hint="--out")
+
+
+def apply_labels(inputs, labels: dict[str, int], matched: set[str]):
+    """Labels from --labels override folder names: exact source match (recorded in `matched`)."""
     from dataclasses import replace
 
     for item in inputs:
         label = labels.get(item.name)
+        if label is not None:
+            matched.add(item.name)
         yield item if label is None else replace(item, label=label)
 
 
@@ -108,71 +100,48 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
         check_specs(sources)
     except (BundleError, SourceError) as err:
         raise click.UsageError(str(err)) from err
+    check_out(out)
     labels = read_labels_csv(labels_csv, bundle.labels) if labels_csv else {}
     stats = SourceStats()
-    inputs = apply_labels(iter_inputs(sources, stats), labels) if labels else \
-        iter_inputs(sources, stats)
+    matched: set[str] = set()
+    inputs = iter_inputs(sources, stats, defer_reads=True)
+    if labels:
+        inputs = apply_labels(inputs, labels, matched)
     try:
-        tally = run(inputs, bundle, out, report_dir, workers, batch_size, probabilities,
-                    model_dir)
-    except SourceError as err:  # an S3 bucket or prefix found missing once listing starts
-        raise click.UsageError(str(err)) from err
+        tally = run(inputs, bundle, out, report_dir, workers, batch_size, probabilities)
+    except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
+        raise click.UsageError(str(err)) from err  # listing starts; a model TFLite cannot load
     print_summary(tally, stats)
+    if tally.scored + tally.failed == 0:
+        click.echo("warning: the sources hold no images (png jpg jpeg bmp gif tif tiff webp, "
+                   "or zips of them)", err=True)
+    if len(matched) < len(labels):
+        click.echo(f"warning: {len(labels) - len(matched)} of {len(labels)} --labels entries "
+                   "matched no input (sources are matched by their exact text)", err=True)
     sys.exit(EXIT_SOME_FAILED if tally.failed else EXIT_OK)
 
 
-def run(inputs, bundle, out, report_dir, workers, batch_size, probabilities, model_dir) -> Tally:
+def run(inputs, bundle, out, report_dir, workers, batch_size, probabilities):
     from tqdm import tqdm
 
-    from scorer import report
+    from scorer.job import run_job
     from scorer.outputs import PredictionsCsv
-    from scorer.pipeline import score
 
-    sink = PredictionsCsv(out, bundle.labels, probabilities)
-    tally = Tally()
-    collector = report.ExampleCollector() if report_dir else None
-    y_true, y_pred = [], []
     try:
-        rows = score(inputs, bundle, workers=workers, batch_size=batch_size,
-                     keep_probabilities=probabilities)
-        for row in tqdm(rows, unit="img", file=sys.stderr, disable=None, leave=False):
-            sink.write(row)
-            tally.add(row)
-            if collector is not None and row.status == "ok" and row.label is not None:
-                y_true.append(row.label)
-                y_pred.append(row.prediction)
-                collector.add(report.Example(row.source, row.label, row.prediction,
-                                             row.confidence, row.image))
-    except BaseException:
-        sink.abort()
-        raise
-    sink.finish()
-    if report_dir:
-        publish_report(report_dir, bundle, y_true, y_pred, collector, tally, model_dir)
+        PredictionsCsv.check_target(out)
+    except OSError as err:  # e.g. no permission to write beside --out
+        raise click.BadParameter(f"cannot write there: {err}", param_hint="--out") from err
+    tally = run_job(inputs, bundle, out, report_dir, workers=workers, batch_size=batch_size,
+                    probabilities=probabilities,
+                    progress=lambda rows: tqdm(rows, unit="img", file=sys.stderr, disable=None,
+                                               leave=False))
+    if report_dir and not tally.labelled:
+        click.echo("warning: no labelled images were scored, so no report was written "
+                   "(use folders named 0-9 or --labels)", err=True)
     return tally
 
 
-def publish_report(report_dir, bundle, y_true, y_pred, collector, tally, model_dir) -> None:
-    from scorer import report
-    from scorer.outputs import write_report
-
-    if not y_true:
-        click.echo("warning: no labelled images were scored, so no report was written "
-                   "(use folders named 0-9 or --labels)", err=True)
-        return
-    metrics = report.compute_metrics(y_true, y_pred, bundle.labels)
-    run_info = {"model": str(model_dir), "model_file": bundle.model_file,
-                "images_scored": tally.scored, "images_failed": tally.failed,
-                "unlabelled": tally.scored - tally.labelled,
-                "images_per_second": round(tally.rate, 1),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    files = report.report_files(metrics, title="digit predictions",
-                                misclassified=collector.misclassified,
-                                least_confident=collector.least_confident, extra=run_info)
-    write_report(files, report_dir)
-
-
-def print_summary(tally: Tally, stats) -> None:
+def print_summary(tally, stats) -> None:
     parts = [f"scored {tally.scored}", f"failed {tally.failed}",
              f"skipped {stats.skipped} (not images)", f"{tally.rate:,.0f} images/s"]
     if tally.labelled:

@@ -56,6 +56,13 @@ class PredictionsCsv:
         self.writer = csv.writer(self.file)  # RFC 4180 quoting of commas, quotes, newlines
         self.writer.writerow(csv_header(labels, True, with_probabilities))
 
+    @staticmethod
+    def check_target(target: str) -> None:
+        """Raise OSError now if a local target's folder cannot take the temporary file."""
+        folder = local_dir_of(target)
+        if folder is not None:
+            tempfile.TemporaryFile(dir=folder).close()
+
     def write(self, row: Row) -> None:
         self.any_label = self.any_label or row.label is not None
         self.writer.writerow(csv_fields(row, self.labels, True, self.with_probabilities))

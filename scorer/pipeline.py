@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
 
 from scorer.bundle import Bundle
-from scorer.images import Geometry, ImageError, normalize
+from scorer.images import Geometry, ImageError, normalize, normalize_many
 from scorer.sources import Input
 
 STATUS_OK = "ok"
@@ -46,45 +48,59 @@ def prepare(data: bytes, geometry: Geometry) -> tuple[np.ndarray | None, str]:
         return normalize(data, geometry), ""
     except ImageError as err:
         return None, str(err)
-    except (MemoryError, RecursionError) as err:  # hostile files; keep the job alive
-        return None, f"cannot decode image: {type(err).__name__}"
+    except Exception as err:  # noqa: BLE001 (a hostile or odd file must not end the job)
+        return None, f"cannot decode image: {type(err).__name__}: {' '.join(str(err).split())}"
 
 
-_worker_geometry: Geometry | None = None
-
-
-def _init_worker(geometry: Geometry) -> None:
-    global _worker_geometry
-    _worker_geometry = geometry
-
-
-def _prepare_in_worker(data: bytes) -> tuple[np.ndarray | None, str]:
-    assert _worker_geometry is not None
-    return prepare(data, _worker_geometry)
+def prepare_chunk(items: list[Input], geometry: Geometry) -> list[tuple[np.ndarray | None, str]]:
+    """Read deferred local files, then normalise; one (model input, "") or (None, reason) each."""
+    loaded = [item.read() for item in items]
+    results: list[tuple[np.ndarray | None, str]] = [(None, item.error or "") for item in loaded]
+    readable = [i for i, item in enumerate(loaded) if item.error is None]
+    blobs = [loaded[i].data for i in readable]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. Pillow's "Corrupt EXIF data": the row says enough
+        try:  # small images of one size are normalised together: several times faster
+            normalised = normalize_many(blobs, geometry)
+        except Exception:  # noqa: BLE001 (find the culprit one by one; it becomes its row)
+            normalised = [prepare(blob, geometry) for blob in blobs]
+    for i, result in zip(readable, normalised, strict=True):
+        results[i] = result
+    return results
 
 
 class Decoder:
-    """Decodes windows of inputs, in a process pool when there is more than one worker and more
-    than one window of work (a single image never pays for starting processes)."""
+    """Decodes windows of inputs in chunks: in a process pool when there is more than one worker
+    and more than one window of work (a single image never pays for starting processes)."""
+
+    CHUNK = 64  # inputs per task: amortises inter-process overhead, keeps both cores busy
 
     def __init__(self, geometry: Geometry, workers: int):
         self.geometry = geometry
         self.workers = max(1, workers)
-        self.pool = None
+        self.pool: ProcessPoolExecutor | None = None
 
-    def submit(self, window: list[Input], use_pool: bool):
-        payload = [item.data for item in window if item.error is None]
+    def submit(self, window: list[Input], use_pool: bool) -> list:
+        """Start decoding; `collect` the returned handle for the results in order."""
+        payload = [item for item in window if item.error is None]
         if use_pool and self.workers > 1 and self._start_pool():
-            chunk = max(1, len(payload) // (self.workers * 4))
-            return self.pool.map_async(_prepare_in_worker, payload, chunksize=chunk)
-        return [prepare(data, self.geometry) for data in payload]
+            size = max(1, min(self.CHUNK, -(-len(payload) // self.workers)))
+            return [self.pool.submit(prepare_chunk, payload[i : i + size], self.geometry)
+                    for i in range(0, len(payload), size)]
+        return [prepare_chunk(payload, self.geometry)]
+
+    @staticmethod
+    def collect(handle: list) -> list[tuple[np.ndarray | None, str]]:
+        # A worker killed (e.g. out of memory) raises BrokenProcessPool here instead of hanging.
+        return [result for part in handle
+                for result in (part.result() if isinstance(part, Future) else part)]
 
     def _start_pool(self) -> bool:
         if self.pool is None:
             try:  # fork: workers start in milliseconds and inherit the imported modules
-                context = multiprocessing.get_context(
-                    "fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-                self.pool = context.Pool(self.workers, _init_worker, (self.geometry,))
+                methods = multiprocessing.get_all_start_methods()
+                context = multiprocessing.get_context("fork" if "fork" in methods else None)
+                self.pool = ProcessPoolExecutor(self.workers, mp_context=context)
             except OSError:  # no /dev/shm (AWS Lambda): decode in this process
                 self.workers = 1
                 return False
@@ -92,8 +108,7 @@ class Decoder:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
 
@@ -111,11 +126,26 @@ def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None
         while window:
             following = list(islice(stream, window_size))  # read while the workers decode
             following_pending = decoder.submit(following, use_pool=True) if following else None
-            decoded = pending.get() if hasattr(pending, "get") else pending
+            decoded = decoder.collect(pending)
             yield from classify(window, decoded, classifier, batch_size, keep_probabilities)
             window, pending = following, following_pending
     finally:
         decoder.close()
+
+
+def printable(name: str) -> str:
+    """A source name that encodes as UTF-8: file names that are not valid UTF-8 reach Python as
+    lone surrogates, which would crash the CSV and report writers; show their bytes as \\xNN."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape" if _only_escapes(name) else
+                           "backslashreplace").decode("utf-8", "backslashreplace")
+
+
+def _only_escapes(name: str) -> bool:
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in name)
 
 
 def classify(window: list[Input], decoded: list[tuple[np.ndarray | None, str]], classifier,
@@ -131,10 +161,10 @@ def classify(window: list[Input], decoded: list[tuple[np.ndarray | None, str]], 
     next_good = 0
     for item, (image, reason) in merged:
         if image is None:
-            yield Row(item.name, None, None, STATUS_ERROR, reason, item.label)
+            yield Row(printable(item.name), None, None, STATUS_ERROR, reason, item.label)
             continue
         probs = probabilities[next_good]
         next_good += 1
         best = int(probs.argmax())
-        yield Row(item.name, best, float(probs[best]), STATUS_OK, "", item.label,
+        yield Row(printable(item.name), best, float(probs[best]), STATUS_OK, "", item.label,
                   probs if keep_probabilities else None, image)

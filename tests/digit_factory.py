@@ -54,7 +54,8 @@ def _paste(canvas_shape, mask, rng, corner: bool = False) -> np.ndarray:
 
 def _canvas_for(mask, rng, scale=(1.5, 3.0)) -> tuple[int, int]:
     side = int(max(mask.shape) * rng.uniform(*scale))
-    return side, int(side * rng.uniform(0.75, 1.35))
+    # never narrower or shorter than the digit itself, whatever the aspect drawn
+    return max(side, mask.shape[0]), max(int(side * rng.uniform(0.75, 1.35)), mask.shape[1])
 
 
 def _to_u8(a: np.ndarray) -> np.ndarray:
@@ -131,7 +132,7 @@ def grey16_png(digit: np.ndarray, rng: np.random.Generator) -> bytes:
 
 def palette_gif(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """Two-frame palette GIF; the first frame holds the digit, the second is blank paper."""
-    first = Image.fromarray(paper_rgb(digit, rng)).quantize(16)
+    first = Image.fromarray(paper_rgb(digit, rng)).quantize(16, Image.Quantize.FASTOCTREE)
     second = Image.new("RGB", first.size, (240, 240, 240)).quantize(4)
     return _encode(first, "GIF", save_all=True, append_images=[second], duration=100)
 

@@ -1,0 +1,527 @@
+"""The `digits-score` CLI end to end: real PNG files, real bundles, real subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import scorer
+
+from digit_factory import mnist_png
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY_MODULES = ("tensorflow", "keras", "sklearn", "scipy", "matplotlib")
+BASE = ["source", "prediction", "confidence", "status", "error"]
+PROBS = [f"p{d}" for d in range(10)]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def score_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m scorer ARGS` in a subprocess; text stdout and stderr."""
+    command = [sys.executable, "-m", "scorer", *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          encoding="utf-8", errors="replace")
+
+
+def read_csv(text_or_path) -> tuple[list[str], list[dict]]:
+    text = (text_or_path.read_text(encoding="utf-8") if isinstance(text_or_path, Path)
+            else text_or_path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = list(reader)
+    return reader.fieldnames, rows
+
+
+def accuracy(rows: list[dict]) -> float:
+    labelled = [r for r in rows if r["status"] == "ok" and r["label"] != ""]
+    return sum(r["prediction"] == r["label"] for r in labelled) / len(labelled)
+
+
+def assert_usage_error(done: subprocess.CompletedProcess, *, mentions: str = "") -> None:
+    """Exit 2, no traceback, one `Error: ...` line (click's usage layout around it)."""
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, done.stderr
+    assert mentions.lower() in errors[0].lower(), errors[0]
+    assert done.stdout == ""
+
+
+def measured_run(args, stdout_path: Path, stderr_path: Path, timeout: float = 600):
+    """Run the CLI and return (exit code, peak RSS of any one process in MB, peak of the summed
+    RSS of the CLI and its workers in MB).
+
+    The single-process peak is exact: a wrapper reports RUSAGE_CHILDREN for its own children
+    (this pytest process's counter would include the TensorFlow training run of the fixtures).
+    The tree sum is sampled every 50 ms with psutil (it counts pages shared by fork twice, so it
+    overstates)."""
+    psutil = pytest.importorskip("psutil")
+    rss_file = stdout_path.with_suffix(".maxrss")
+    wrapper = ("import resource, subprocess, sys\n"
+               "code = subprocess.call(sys.argv[2:])\n"
+               "with open(sys.argv[1], 'w') as f:\n"
+               "    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+               "sys.exit(code)\n")
+    command = [sys.executable, "-c", wrapper, str(rss_file),
+               sys.executable, "-m", "scorer", *map(str, args)]
+    tree_peak = 0
+    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err)
+        wrapper_process = psutil.Process(process.pid)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None:
+            assert time.monotonic() < deadline, "the CLI did not finish in time"
+            total = 0
+            with contextlib.suppress(psutil.Error):  # processes come and go while we look
+                for p in wrapper_process.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        total += p.memory_info().rss
+            tree_peak = max(tree_peak, total)
+            time.sleep(0.05)
+    single_peak_kb = int(rss_file.read_text())  # Linux reports kilobytes
+    return process.returncode, single_peak_kb / 1024, tree_peak / 2**20
+
+
+def write_png_tree(root: Path, x: np.ndarray, y: np.ndarray) -> list[Path]:
+    paths = []
+    for i, (digit, label) in enumerate(zip(x, y, strict=True)):
+        path = root / str(label) / f"mnist_{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(mnist_png(digit))
+        paths.append(path)
+    return paths
+
+
+def crafted_png(width: int, height: int, rows: int | None = None) -> bytes:
+    """A valid 1-bit greyscale PNG of any declared size, built row by row (never in memory):
+    all-black pixels compress ~1000:1, so 40000 x 40000 is ~200 kB on disk. `rows` writes fewer
+    rows than declared (a truncated stream)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(height if rows is None else rows))
+    body += compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body)
+            + chunk(b"IEND", b""))
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def labelled_tree(tmp_path_factory, mnist_test_images) -> Path:
+    """400 MNIST test digits as PNGs under folders 0..9."""
+    x, y = mnist_test_images
+    root = tmp_path_factory.mktemp("labelled") / "digits"
+    write_png_tree(root, x[:400], y[:400])
+    return root
+
+
+@pytest.fixture(scope="module")
+def labelled_run(labelled_tree, mnist_bundle, tmp_path_factory):
+    """One scoring run of the labelled tree with a report; (process, csv path, report folder)."""
+    out = tmp_path_factory.mktemp("run") / "predictions.csv"
+    report = out.parent / "report"
+    done = score_cli(labelled_tree, "--model", mnist_bundle, "--out", out, "--report-dir", report,
+                     "--workers", 2, "--batch-size", 64)
+    return done, out, report
+
+
+# --- happy paths -----------------------------------------------------------------------------
+
+
+def test_labelled_folders_give_a_label_column_and_high_accuracy(labelled_run, labelled_tree):
+    done, out, _ = labelled_run
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    header, rows = read_csv(out)
+    assert header == [*BASE, "label"]
+    expected = sorted(str(p) for p in labelled_tree.rglob("*.png"))
+    assert sorted(r["source"] for r in rows) == expected
+    assert all(r["status"] == "ok" and r["error"] == "" for r in rows)
+    assert all(r["label"] == Path(r["source"]).parent.name for r in rows)
+    assert all(r["prediction"] in list("0123456789") for r in rows)
+    assert all(0.0 < float(r["confidence"]) <= 1.0 for r in rows)
+    assert accuracy(rows) >= 0.90
+    assert "accuracy" in done.stderr  # the summary line
+
+
+def test_report_dir_matches_the_csv(labelled_run):
+    done, out, report = labelled_run
+    _, rows = read_csv(out)
+    assert sorted(p.name for p in report.iterdir()) == [
+        "classification_report.txt", "confusion_matrix.csv", "report.html", "report.json"]
+    doc = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    assert doc["accuracy"] == pytest.approx(accuracy(rows), abs=1e-9)
+    assert doc["samples"] == len(rows)
+    assert doc["run"]["images_scored"] == len(rows) and doc["run"]["images_failed"] == 0
+    matrix = list(csv.reader(io.StringIO((report / "confusion_matrix.csv").read_text())))
+    counts = np.array([[int(v) for v in line[1:]] for line in matrix[1:]])
+    assert counts.shape == (10, 10) and counts.sum() == len(rows)
+    assert np.trace(counts) == sum(r["prediction"] == r["label"] for r in rows)
+    text = (report / "classification_report.txt").read_text()
+    assert "precision" in text and "accuracy" in text and "weighted avg" in text
+    html = (report / "report.html").read_text(encoding="utf-8")
+    assert "<html" in html.lower() and "</html>" in html.lower()
+
+
+def test_stdout_and_probabilities(labelled_tree, mnist_bundle):
+    images = sorted(labelled_tree.rglob("*.png"))[:25]
+    done = score_cli(*images, "--model", mnist_bundle, "--out", "-", "--probabilities")
+    assert done.returncode == 0, done.stderr
+    header, rows = read_csv(done.stdout)
+    assert header == [*BASE, "label", *PROBS]
+    assert [r["source"] for r in rows] == [str(p) for p in images]  # order of the arguments
+    for row in rows:
+        probs = np.array([float(row[p]) for p in PROBS])
+        assert probs.sum() == pytest.approx(1.0, abs=0.03)
+        assert row["prediction"] == str(int(probs.argmax()))
+        assert float(row["confidence"]) == pytest.approx(probs.max(), abs=1e-6)
+    assert "scored 25" in done.stderr  # the summary goes to stderr, never into the CSV
+
+
+def test_no_label_column_without_labels(tmp_path, mnist_bundle, mnist_test_images):
+    x, _ = mnist_test_images
+    for i in range(3):
+        (tmp_path / f"img{i}.png").write_bytes(mnist_png(x[i]))
+    done = score_cli(tmp_path, "--model", mnist_bundle, "--variant", "float32")
+    assert done.returncode == 0, done.stderr
+    header, rows = read_csv(done.stdout)
+    assert header == BASE and len(rows) == 3
+
+
+def test_labels_csv_overrides_folder_names(tmp_path, mnist_bundle, mnist_test_images):
+    x, y = mnist_test_images
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    sources = []
+    for i in range(30):
+        path = flat / f"img{i}.png"
+        path.write_bytes(mnist_png(x[i]))
+        sources.append(str(path))
+    wrong = tmp_path / str((y[30] + 1) % 10) / "misfiled.png"  # the folder name is wrong
+    wrong.parent.mkdir()
+    wrong.write_bytes(mnist_png(x[30]))
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["source", "label"])
+        writer.writerows([(s, str(y[i])) for i, s in enumerate(sources) if i % 3])
+        writer.writerow([str(wrong), str(y[30])])
+    done = score_cli(flat, wrong, "--model", mnist_bundle, "--labels", labels)
+    assert done.returncode == 0, done.stderr
+    header, rows = read_csv(done.stdout)
+    assert header == [*BASE, "label"]
+    by_source = {r["source"]: r["label"] for r in rows}
+    for i, source in enumerate(sources):
+        assert by_source[source] == (str(y[i]) if i % 3 else "")  # unlisted: no label
+    assert by_source[str(wrong)] == str(y[30])
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["file,digit\na.png,3\n", "source,label\na.png,12\n", "source,label\na.png,\n",
+     "", "\xff\xfe garbage"],
+    ids=["wrong-header", "label-12", "empty-label", "empty-file", "not-utf8"],
+)
+def test_bad_labels_csv_is_a_usage_error(tmp_path, labelled_tree, mnist_bundle, content):
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(content.encode("latin-1"))
+    out = tmp_path / "out.csv"
+    done = score_cli(labelled_tree / "3", "--model", mnist_bundle, "--labels", labels,
+                     "--out", out)
+    assert_usage_error(done, mentions="--labels")
+    assert not out.exists()
+
+
+def test_labels_csv_that_does_not_exist(tmp_path, labelled_tree, mnist_bundle):
+    done = score_cli(labelled_tree / "3", "--model", mnist_bundle, "--labels",
+                     tmp_path / "nope.csv")
+    assert_usage_error(done, mentions="--labels")
+
+
+def test_awkward_file_names_survive_a_csv_round_trip(tmp_path, mnist_bundle, mnist_test_images):
+    x, _ = mnist_test_images
+    names = ["a,b.png", 'say "seven".png', "  spaced out .png", "ünïcödé 数字 ✓.png",
+             "semi;colon's.png", "tab\there.png", "=SUM(A1).png", "back\\slash.png"]
+    folder = tmp_path / "names"
+    folder.mkdir()
+    try:
+        (folder / "new\nline.png").write_bytes(mnist_png(x[0]))
+        names.append("new\nline.png")
+    except OSError:
+        pass  # not on this filesystem
+    for i, name in enumerate(names):
+        (folder / name).write_bytes(mnist_png(x[i]))
+    out = tmp_path / "out.csv"
+    done = score_cli(folder, "--model", mnist_bundle, "--out", out)
+    assert done.returncode == 0, done.stderr
+    _, rows = read_csv(out)
+    assert sorted(r["source"] for r in rows) == sorted(str(folder / n) for n in names)
+    assert all(r["status"] == "ok" for r in rows)
+
+
+def test_undecodable_file_name_does_not_crash_the_run(tmp_path, mnist_bundle, mnist_test_images):
+    x, _ = mnist_test_images
+    folder = tmp_path / "bytes"
+    folder.mkdir()
+    try:
+        (folder / os.fsdecode(b"caf\xe9.png")).write_bytes(mnist_png(x[0]))
+    except (OSError, UnicodeError):
+        pytest.skip("file system refuses non-UTF-8 names")
+    (folder / "plain.png").write_bytes(mnist_png(x[1]))
+    report = tmp_path / "report"
+    labels = tmp_path / "labels.csv"
+    labels.write_text("source,label\n" + f"{folder / 'plain.png'},{1}\n")
+    done = score_cli(folder, "--model", mnist_bundle, "--report-dir", report, "--labels", labels)
+    assert done.returncode == 0, done.stderr
+    _, rows = read_csv(done.stdout)
+    assert sorted(r["source"] for r in rows) == [str(folder / "caf\\xe9.png"),
+                                                 str(folder / "plain.png")]
+
+
+def test_zip_archive_source(tmp_path, mnist_bundle, mnist_test_images):
+    x, y = mnist_test_images
+    archive = tmp_path / "archive.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(20):
+            zf.writestr(f"digits/{y[i]}/img{i}.png", mnist_png(x[i]))
+        zf.writestr("notes.txt", "not an image")
+        zf.writestr("broken.png", b"\x89PNG broken")
+    done = score_cli(archive, "--model", mnist_bundle)
+    assert done.returncode == 3, done.stderr
+    _, rows = read_csv(done.stdout)
+    expected = sorted([f"{archive}!/digits/{y[i]}/img{i}.png" for i in range(20)]
+                      + [f"{archive}!/broken.png"])
+    assert [r["source"] for r in rows] == expected  # member order, names as archive!/member
+    by_source = {r["source"]: r for r in rows}
+    assert by_source[f"{archive}!/broken.png"]["status"] == "error"
+    good = [r for r in rows if r["status"] == "ok"]
+    assert len(good) == 20 and all(r["label"] == r["source"].split("/")[-2] for r in good)
+    assert accuracy(good) >= 0.85
+    assert "skipped 1" in done.stderr  # notes.txt
+
+
+# --- broken inputs ---------------------------------------------------------------------------
+
+
+def test_every_kind_of_bad_file_in_one_folder(tmp_path, mnist_bundle, mnist_test_images):
+    x, _ = mnist_test_images
+    root = tmp_path / "mixed"
+    root.mkdir()
+    good = mnist_png(x[0])
+    bad = {
+        "empty.png": b"",
+        "truncated.png": good[: len(good) // 2],
+        "random.jpg": np.random.default_rng(0).bytes(5000),
+        "text.png": b"hello, I am a text file pretending to be a PNG\n" * 10,
+        "blank_white.png": mnist_png(np.full((28, 28), 255, np.uint8)),
+        "bomb.png": crafted_png(40_000, 40_000),  # 1.6 gigapixels declared
+        "bomb_truncated.png": crafted_png(40_000, 40_000, rows=100),
+        "big_blank.png": crafted_png(6_000, 6_000),  # 36 MP: under the limit, decoded
+    }
+    for name, data in bad.items():
+        (root / name).write_bytes(data)
+    assert (root / "bomb.png").stat().st_size < 1_000_000
+    os.symlink(root / "gone.png", root / "dangling.png")
+    (root / "x.png").mkdir()  # a folder named like an image is walked, not scored
+    (root / "x.png" / "inside.png").write_bytes(mnist_png(x[1]))
+    goods = ["good1.png", "good2.png", "sub/good3.png"]
+    for i, name in enumerate(goods):
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).write_bytes(mnist_png(x[2 + i]))
+    (root / "readme.txt").write_text("skipped")
+    (root / ".hidden.png").write_bytes(b"")
+
+    out = tmp_path / "out.csv"
+    code, single_mb, tree_mb = measured_run(
+        [root, "--model", mnist_bundle, "--out", out, "--workers", 2, "--batch-size", 2],
+        tmp_path / "stdout", tmp_path / "stderr")
+    stderr = (tmp_path / "stderr").read_text(errors="replace")
+    assert code == 3, stderr
+    assert "Traceback" not in stderr
+    _, rows = read_csv(out)
+    expected = sorted([*bad, "dangling.png", "x.png/inside.png", *goods])
+    assert sorted(r["source"] for r in rows) == sorted(str(root / n) for n in expected)
+    status = {Path(r["source"]).relative_to(root).as_posix(): r for r in rows}
+    for name in [*goods, "x.png/inside.png"]:
+        assert status[name]["status"] == "ok", status[name]
+    for name in [*bad, "dangling.png"]:
+        row = status[name]
+        assert row["status"] == "error" and row["prediction"] == "" and row["confidence"] == ""
+        assert row["error"].strip() and "\n" not in row["error"] and "\r" not in row["error"]
+    assert "too large" in status["bomb.png"]["error"]
+    assert "blank" in status["blank_white.png"]["error"]
+    assert "dangling" in status["dangling.png"]["error"]
+    assert f"scored {len(goods) + 1}, failed {len(bad) + 1}," in stderr
+    print(f"mixed folder: peak RSS one process {single_mb:.0f} MB, all processes {tree_mb:.0f} MB")
+    assert single_mb < 1024
+    assert tree_mb < 1024
+
+
+# --- usage errors ----------------------------------------------------------------------------
+
+
+def test_unknown_option(labelled_tree, mnist_bundle):
+    assert_usage_error(score_cli(labelled_tree, "--model", mnist_bundle, "--frobnicate"),
+                       mentions="--frobnicate")
+
+
+def test_no_source_at_all(mnist_bundle):
+    assert_usage_error(score_cli("--model", mnist_bundle), mentions="SOURCES")
+
+
+def test_missing_source_path(tmp_path, labelled_tree, mnist_bundle):
+    out = tmp_path / "out.csv"
+    done = score_cli(labelled_tree, tmp_path / "nope", "--model", mnist_bundle, "--out", out)
+    assert_usage_error(done, mentions="nope")
+    assert not out.exists()
+
+
+def test_missing_bundle_folder(tmp_path, labelled_tree):
+    assert_usage_error(score_cli(labelled_tree, "--model", tmp_path / "no-bundle"),
+                       mentions="manifest.json")
+
+
+def test_tampered_model_is_a_usage_error(tmp_path, labelled_tree, mnist_bundle):
+    bundle = Path(shutil.copytree(mnist_bundle, tmp_path / "bundle"))
+    data = bytearray((bundle / "model.tflite").read_bytes())
+    data[-100] ^= 0xFF
+    (bundle / "model.tflite").write_bytes(bytes(data))
+    assert_usage_error(score_cli(labelled_tree / "1", "--model", bundle), mentions="SHA-256")
+
+
+def test_model_that_cannot_load_is_a_usage_error(tmp_path, labelled_tree, mnist_bundle):
+    """A manifest re-hashed over a broken model passes the hash check; loading it must still end
+    in a usage error rather than a traceback."""
+    bundle = Path(shutil.copytree(mnist_bundle, tmp_path / "bundle"))
+    junk = b"this is not a flatbuffer" * 40
+    (bundle / "model.tflite").write_bytes(junk)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["model.tflite"]["sha256"] = hashlib.sha256(junk).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out.csv"
+    done = score_cli(labelled_tree / "1", "--model", bundle, "--out", out)
+    assert_usage_error(done, mentions="TFLite")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "option", [["--workers", "0"], ["--workers", "x"], ["--batch-size", "0"],
+               ["--variant", "int4"]], ids=["workers-0", "workers-x", "batch-0", "variant"])
+def test_bad_option_values(labelled_tree, mnist_bundle, option):
+    assert_usage_error(score_cli(labelled_tree / "1", "--model", mnist_bundle, *option),
+                       mentions=option[0])
+
+
+def test_out_in_a_missing_folder_or_on_a_folder(tmp_path, labelled_tree, mnist_bundle):
+    for out in (tmp_path / "missing" / "out.csv", tmp_path):
+        done = score_cli(labelled_tree / "1", "--model", mnist_bundle, "--out", out)
+        assert_usage_error(done, mentions="--out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no stray temporary files
+
+
+def test_version_and_help():
+    done = score_cli("--version")
+    assert done.returncode == 0 and scorer.__version__ in done.stdout
+    done = score_cli("--help")
+    assert done.returncode == 0
+    assert "Exit codes" in done.stdout
+    for fragment in ("0 every image", "3 some inputs failed", "2 usage error", "--probabilities",
+                     "--labels", "--report-dir", "--workers", "--batch-size", "--variant"):
+        assert fragment in " ".join(done.stdout.split()), fragment
+
+
+# --- light weight ----------------------------------------------------------------------------
+
+
+def test_scoring_never_imports_heavy_libraries(tmp_path, mnist_bundle, mnist_test_images):
+    """Run the CLI in-process in a fresh interpreter, then inspect sys.modules."""
+    image = tmp_path / "seven.png"
+    image.write_bytes(mnist_png(mnist_test_images[0][0]))
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['digits-score', {str(image)!r}, '--model', {str(mnist_bundle)!r},\n"
+        f"            '--out', {str(tmp_path / 'out.csv')!r}, '--probabilities']\n"
+        "try:\n"
+        "    runpy.run_module('scorer', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    print('exit', exit.code)\n"
+        f"heavy = [m for m in {HEAVY_MODULES!r} + ('boto3', 'torch', 'pandas')\n"
+        "         if m in sys.modules]\n"
+        "print('heavy', ','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "exit 0" in done.stdout, done.stdout + done.stderr
+    heavy = [line for line in done.stdout.splitlines() if line.startswith("heavy")]
+    assert heavy == ["heavy "], done.stdout
+    _, rows = read_csv(tmp_path / "out.csv")
+    assert [r["prediction"] for r in rows] == ["7"]
+
+
+# --- streaming -------------------------------------------------------------------------------
+
+
+def test_100k_images_stream_in_bounded_memory(tmp_path, mnist_bundle, mnist_test_images):
+    """100,000 small PNGs in nested folders of one zip (a zip is built in seconds; as many loose
+    files cost this machine's file system a minute to write and remove): every one becomes a
+    row, and neither the CLI nor its workers hold the run in memory."""
+    n = 100_000
+    data = mnist_png(mnist_test_images[0][0])
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(n):
+            zf.writestr(f"part{i // 10_000:02d}/batch{i // 500:03d}/img{i:06d}.png", data)
+    out = tmp_path / "many.csv"
+    code, single_mb, tree_mb = measured_run(
+        [archive, "--model", mnist_bundle, "--out", out, "--workers", 2],
+        tmp_path / "stdout", tmp_path / "stderr")
+    stderr = (tmp_path / "stderr").read_text(errors="replace")
+    assert code == 0, stderr[-2000:]
+    count = 0
+    sources = set()
+    with out.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == BASE
+        for row in reader:
+            count += 1
+            sources.add(row["source"])
+            assert row["status"] == "ok" and row["prediction"] == "7"
+    assert count == n and len(sources) == n
+    assert f"{archive}!/part09/batch199/img099999.png" in sources
+    print(f"100k images: peak RSS one process {single_mb:.0f} MB, all {tree_mb:.0f} MB")
+    assert single_mb < 500
+    assert tree_mb < 500
+
+
+def test_8x8_bundle_uses_its_own_geometry(labelled_tree, digits_bundle, tmp_path):
+    """The input geometry comes from the manifest: the same PNGs, scored by the 8x8 model."""
+    out = tmp_path / "out.csv"
+    done = score_cli(labelled_tree, "--model", digits_bundle, "--out", out, "--workers", 1)
+    assert done.returncode == 0, done.stderr
+    _, rows = read_csv(out)
+    assert len(rows) == 400 and all(r["status"] == "ok" for r in rows)
+    print(f"\n8x8 model on MNIST PNGs: {accuracy(rows):.1%}")
+    assert accuracy(rows) >= 0.5  # a different dataset, but clearly not chance
