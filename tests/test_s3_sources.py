@@ -15,11 +15,12 @@ import zipfile
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import pytest
-from moto_server import moto_endpoint  # noqa: F401
 
 from scorer import s3 as scorer_s3
 from scorer import sources
 from scorer.sources import Input, SourceError, SourceStats, iter_inputs, iter_s3_object
+
+from moto_server import moto_endpoint  # noqa: F401
 
 
 @pytest.fixture
