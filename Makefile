@@ -25,11 +25,11 @@ $(VENV)/bin/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.train.stamp: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install -q -e '.[train]'
+	$(BIN)/pip install -q -e '.[train]' --config-settings editable_mode=compat
 	touch $@
 
 $(VENV)/.dev.stamp: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install -q -e '.[train,aws,dev]'
+	$(BIN)/pip install -q -e '.[train,aws,dev]' --config-settings editable_mode=compat
 	touch $@ $(VENV)/.train.stamp
 
 train: $(VENV)/.train.stamp

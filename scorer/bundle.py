@@ -57,13 +57,17 @@ class Bundle:
     def labels(self) -> list[str]:
         return list(self.manifest["classes"])
 
-    def classifier(self, num_threads: int | None = None) -> Classifier:
-        # The bytes run are the bytes checked: the file may have changed since load_bundle.
+    def model_bytes(self) -> bytes:
+        """The model file, checked again: the bytes run are the bytes checked, even if the file
+        changed since load_bundle."""
         data = (self.path / self.model_file).read_bytes()
         if hashlib.sha256(data).hexdigest() != self.manifest["files"][self.model_file]["sha256"]:
             raise BundleError(f"{self.path / self.model_file}: SHA-256 does not match the "
                               "manifest; refusing to load it")
-        return Classifier(data, num_threads=num_threads)
+        return data
+
+    def classifier(self, num_threads: int | None = None) -> Classifier:
+        return Classifier(self.model_bytes(), num_threads=num_threads)
 
 
 def load_bundle(path: str | Path, variant: str = "int8") -> Bundle:

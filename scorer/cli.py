@@ -121,9 +121,13 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     sys.exit(EXIT_SOME_FAILED if tally.failed else EXIT_OK)
 
 
-def run(inputs, bundle, out, report_dir, workers, batch_size, probabilities):
-    from tqdm import tqdm
+def progress_bar(rows):
+    from tqdm import tqdm  # only for a terminal: importing it costs as much as 2,000 images
 
+    return tqdm(rows, unit="img", file=sys.stderr, leave=False)
+
+
+def run(inputs, bundle, out, report_dir, workers, batch_size, probabilities):
     from scorer.job import run_job
     from scorer.outputs import PredictionsCsv
 
@@ -133,8 +137,7 @@ def run(inputs, bundle, out, report_dir, workers, batch_size, probabilities):
         raise click.BadParameter(f"cannot write there: {err}", param_hint="--out") from err
     tally = run_job(inputs, bundle, out, report_dir, workers=workers, batch_size=batch_size,
                     probabilities=probabilities,
-                    progress=lambda rows: tqdm(rows, unit="img", file=sys.stderr, disable=None,
-                                               leave=False))
+                    progress=progress_bar if sys.stderr.isatty() else None)
     if report_dir and not tally.labelled:
         click.echo("warning: no labelled images were scored, so no report was written "
                    "(use folders named 0-9 or --labels)", err=True)

@@ -12,9 +12,12 @@ same code as normalize(). Large images go through normalize()'s path one by one.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 from scorer.images import (
     FAINT_INK,
@@ -40,6 +43,50 @@ _BLANK = "blank image: no ink found"  # the reason normalize() gives for blank i
 
 Result = tuple[np.ndarray | None, str]
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks that do not change the pixels Pillow decodes; any other (tRNS, PLTE, eXIf, ...) sends the
+# image down the full path.
+PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"pHYs", b"tEXt", b"gAMA", b"sRGB",
+                              b"tIME"})
+_CHUNK_HEAD = struct.Struct(">I4s")
+_IHDR = struct.Struct(">IIBBBBB")
+
+
+def small_grey_png(data: bytes) -> tuple[int, int, bytes] | None:
+    """(height, width, pixels) of a small plain PNG: 8-bit greyscale, not interlaced, no
+    transparency, every chunk's CRC intact. None for anything else, which takes the full path.
+
+    Pillow's own PNG ("zip") decoder does the inflating and unfiltering; only its Python chunk
+    reader is skipped, which is most of the cost of a 28x28 PNG (about 21 us instead of 56 us)."""
+    if data[:8] != PNG_SIGNATURE:
+        return None
+    pos, size, idat, kind = 8, None, [], b""
+    try:
+        while pos < len(data):
+            length, kind = _CHUNK_HEAD.unpack_from(data, pos)
+            body = data[pos + 8 : pos + 8 + length]
+            crc = data[pos + 8 + length : pos + 12 + length]
+            if kind not in PLAIN_PNG_CHUNKS or len(body) != length or len(crc) != 4 or \
+                    zlib.crc32(kind + body) != int.from_bytes(crc, "big"):
+                return None
+            if kind == b"IHDR":
+                width, height, depth, colour, _, _, interlace = _IHDR.unpack_from(body)
+                if (depth, colour, interlace) != (8, 0, 0) or max(width, height) > SMALL_SIDE \
+                        or min(width, height) < 1:
+                    return None
+                size = (width, height)
+            elif kind == b"IDAT":
+                idat.append(body)
+            elif kind == b"IEND":
+                break
+            pos += 12 + length
+        if size is None or not idat or kind != b"IEND":
+            return None
+        image = Image.frombytes("L", size, b"".join(idat), "zip", "L")
+    except (struct.error, ValueError, OSError):  # truncated or corrupt: the full path says why
+        return None
+    return size[1], size[0], image.tobytes()
+
 
 def normalize_many(blobs: Sequence[bytes], geometry: Geometry = MNIST_GEOMETRY) -> list[Result]:
     """Normalise many images at once: (uint8 (h, w), "") or (None, one-line reason) per blob,
@@ -47,6 +94,11 @@ def normalize_many(blobs: Sequence[bytes], geometry: Geometry = MNIST_GEOMETRY) 
     results: list[Result | None] = [None] * len(blobs)
     stacks: dict[tuple[int, int], list[tuple[int, bytes | np.ndarray]]] = {}
     for i, data in enumerate(blobs):
+        plain = small_grey_png(data) if isinstance(data, bytes) else None
+        if plain is not None:
+            height, width, pixels = plain
+            _add_to_stack(stacks, (height, width), i, pixels, geometry, results)
+            continue
         try:
             im = _open(data, WORK_SIDE)
             if max(im.size) <= SMALL_SIDE and im.mode == "L":
@@ -60,16 +112,21 @@ def normalize_many(blobs: Sequence[bytes], geometry: Geometry = MNIST_GEOMETRY) 
         except ImageError as exc:
             results[i] = (None, str(exc))
             continue
-        shape = (im.height, im.width)
-        pending = stacks.setdefault(shape, [])
-        pending.append((i, pixels))
-        if len(pending) == STACK:
-            _normalize_stack(pending, shape, geometry, results)
-            pending.clear()
+        _add_to_stack(stacks, (im.height, im.width), i, pixels, geometry, results)
     for shape, pending in stacks.items():
         if pending:
             _normalize_stack(pending, shape, geometry, results)
     return results  # type: ignore[return-value]  # every slot is filled
+
+
+def _add_to_stack(stacks: dict, shape: tuple[int, int], i: int, pixels: bytes | np.ndarray,
+                  geometry: Geometry, results: list) -> None:
+    """Queue a small image with others of its shape; a full stack is normalised at once."""
+    pending = stacks.setdefault(shape, [])
+    pending.append((i, pixels))
+    if len(pending) == STACK:
+        _normalize_stack(pending, shape, geometry, results)
+        pending.clear()
 
 
 def _normalize_stack(

@@ -1,7 +1,7 @@
 """Inputs -> rows: decode and normalise in worker processes, classify in batches, keep input order.
 
-One pipeline serves the CLI and the Lambda handler. It streams: at most two windows of inputs
-(`window = batch_size * workers`) are in memory at once, however many images there are.
+One pipeline serves the CLI and the Lambda handler. It streams: at most WINDOWS_IN_FLIGHT windows
+of inputs (`window = batch_size * workers`) are in memory at once, however many images there are.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import warnings
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -16,10 +17,11 @@ from itertools import islice
 
 import numpy as np
 
-from scorer.bundle import Bundle
+from scorer.bundle import Bundle, Classifier
 from scorer.images import Geometry, ImageError, normalize, normalize_many
 from scorer.sources import Input
 
+WINDOWS_IN_FLIGHT = 3  # windows of batch_size x workers inputs: the memory bound of a run
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
@@ -52,10 +54,14 @@ def prepare(data: bytes, geometry: Geometry) -> tuple[np.ndarray | None, str]:
         return None, f"cannot decode image: {type(err).__name__}: {' '.join(str(err).split())}"
 
 
-def prepare_chunk(items: list[Input], geometry: Geometry) -> list[tuple[np.ndarray | None, str]]:
-    """Read deferred local files, then normalise; one (model input, "") or (None, reason) each."""
+Prepared = tuple[np.ndarray | None, str, np.ndarray | None]  # (model input, reason, probabilities)
+
+
+def prepare_chunk(items: list[Input], geometry: Geometry, classifier: Classifier) -> list[Prepared]:
+    """Read deferred local files, normalise, classify: per input (model input, "", probabilities)
+    or (None, one-line reason, None)."""
     loaded = [item.read() for item in items]
-    results: list[tuple[np.ndarray | None, str]] = [(None, item.error or "") for item in loaded]
+    results: list[Prepared] = [(None, item.error or "", None) for item in loaded]
     readable = [i for i, item in enumerate(loaded) if item.error is None]
     blobs = [loaded[i].data for i in readable]
     with warnings.catch_warnings():
@@ -64,33 +70,55 @@ def prepare_chunk(items: list[Input], geometry: Geometry) -> list[tuple[np.ndarr
             normalised = normalize_many(blobs, geometry)
         except Exception:  # noqa: BLE001 (find the culprit one by one; it becomes its row)
             normalised = [prepare(blob, geometry) for blob in blobs]
-    for i, result in zip(readable, normalised, strict=True):
-        results[i] = result
+    for i, (_, reason) in zip(readable, normalised, strict=True):
+        results[i] = (None, reason, None)
+    good = [(i, image) for i, (image, _) in zip(readable, normalised, strict=True)
+            if image is not None]
+    probabilities = classifier.predict(np.stack([image for _, image in good])) if good else []
+    for (i, image), probs in zip(good, probabilities, strict=True):
+        results[i] = (image, "", probs)
     return results
 
 
+_worker: dict = {}  # per worker process: its geometry and its own TFLite interpreter
+
+
+def _init_worker(model_content: bytes, geometry: Geometry) -> None:
+    _worker["geometry"] = geometry
+    _worker["classifier"] = Classifier(model_content, num_threads=1)
+
+
+def _prepare_in_worker(items: list[Input]) -> list[Prepared]:
+    return prepare_chunk(items, _worker["geometry"], _worker["classifier"])
+
+
 class Decoder:
-    """Decodes windows of inputs in chunks: in a process pool when there is more than one worker
-    and more than one window of work (a single image never pays for starting processes)."""
+    """Prepares windows of inputs in chunks: in a process pool when there is more than one worker
+    and more than one window of work (a single image never pays for starting processes). Each
+    worker runs its own interpreter, so this process only merges rows and writes them."""
 
-    CHUNK = 64  # inputs per task: amortises inter-process overhead, keeps both cores busy
+    CHUNK = 64  # most inputs per task (and model invocation) in a worker: amortises the
+    # inter-process overhead while keeping every core busy
 
-    def __init__(self, geometry: Geometry, workers: int):
-        self.geometry = geometry
+    def __init__(self, bundle: Bundle, workers: int, batch_size: int):
+        self.geometry = bundle.geometry
+        self.model_content = bundle.model_bytes()
+        self.classifier = Classifier(self.model_content)
         self.workers = max(1, workers)
+        self.chunk = max(1, min(self.CHUNK, batch_size))
         self.pool: ProcessPoolExecutor | None = None
 
     def submit(self, window: list[Input], use_pool: bool) -> list:
-        """Start decoding; `collect` the returned handle for the results in order."""
+        """Start preparing; `collect` the returned handle for the results in order."""
         payload = [item for item in window if item.error is None]
         if use_pool and self.workers > 1 and self._start_pool():
-            size = max(1, min(self.CHUNK, -(-len(payload) // self.workers)))
-            return [self.pool.submit(prepare_chunk, payload[i : i + size], self.geometry)
+            size = max(1, min(self.chunk, -(-len(payload) // self.workers)))
+            return [self.pool.submit(_prepare_in_worker, payload[i : i + size])
                     for i in range(0, len(payload), size)]
-        return [prepare_chunk(payload, self.geometry)]
+        return [prepare_chunk(payload, self.geometry, self.classifier)]
 
     @staticmethod
-    def collect(handle: list) -> list[tuple[np.ndarray | None, str]]:
+    def collect(handle: list) -> list[Prepared]:
         # A worker killed (e.g. out of memory) raises BrokenProcessPool here instead of hanging.
         return [result for part in handle
                 for result in (part.result() if isinstance(part, Future) else part)]
@@ -100,8 +128,10 @@ class Decoder:
             try:  # fork: workers start in milliseconds and inherit the imported modules
                 methods = multiprocessing.get_all_start_methods()
                 context = multiprocessing.get_context("fork" if "fork" in methods else None)
-                self.pool = ProcessPoolExecutor(self.workers, mp_context=context)
-            except OSError:  # no /dev/shm (AWS Lambda): decode in this process
+                self.pool = ProcessPoolExecutor(self.workers, mp_context=context,
+                                                initializer=_init_worker,
+                                                initargs=(self.model_content, self.geometry))
+            except OSError:  # no /dev/shm (AWS Lambda): work in this process
                 self.workers = 1
                 return False
         return True
@@ -116,19 +146,20 @@ def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None
           batch_size: int = 256, keep_probabilities: bool = False) -> Iterator[Row]:
     """Yield one Row per input, in input order."""
     workers = workers or default_workers()
-    decoder = Decoder(bundle.geometry, workers)
+    decoder = Decoder(bundle, workers, batch_size)
     window_size = batch_size * decoder.workers
     stream = iter(inputs)
+    in_flight: deque[tuple[list[Input], list]] = deque()
     try:
         window = list(islice(stream, window_size))
-        pending = decoder.submit(window, use_pool=len(window) == window_size)
-        classifier = bundle.classifier()  # after the fork: workers never inherit its threads
-        while window:
-            following = list(islice(stream, window_size))  # read while the workers decode
-            following_pending = decoder.submit(following, use_pool=True) if following else None
-            decoded = decoder.collect(pending)
-            yield from classify(window, decoded, classifier, batch_size, keep_probabilities)
-            window, pending = following, following_pending
+        in_flight.append((window, decoder.submit(window, use_pool=len(window) == window_size)))
+        while in_flight:
+            # Keep the workers a few windows ahead, so they never wait for this process.
+            while len(in_flight) < WINDOWS_IN_FLIGHT and (window := list(islice(stream,
+                                                                                window_size))):
+                in_flight.append((window, decoder.submit(window, use_pool=True)))
+            window, pending = in_flight.popleft()
+            yield from rows(window, decoder.collect(pending), keep_probabilities)
     finally:
         decoder.close()
 
@@ -148,23 +179,15 @@ def _only_escapes(name: str) -> bool:
     return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in name)
 
 
-def classify(window: list[Input], decoded: list[tuple[np.ndarray | None, str]], classifier,
-             batch_size: int, keep_probabilities: bool) -> Iterator[Row]:
+def rows(window: list[Input], prepared: list[Prepared], keep_probabilities: bool) -> Iterator[Row]:
     """Merge read errors, decode errors and predictions back into input order."""
-    results = iter(decoded)
-    merged = [(item, (None, item.error) if item.error is not None else next(results))
-              for item in window]
-    good = [image for _, (image, _) in merged if image is not None]
-    probabilities = (np.concatenate([classifier.predict(np.stack(good[i : i + batch_size]))
-                                     for i in range(0, len(good), batch_size)])
-                     if good else np.zeros((0, 0), np.float32))
-    next_good = 0
-    for item, (image, reason) in merged:
+    results = iter(prepared)
+    for item in window:
+        image, reason, probs = (None, item.error, None) if item.error is not None \
+            else next(results)
         if image is None:
             yield Row(printable(item.name), None, None, STATUS_ERROR, reason, item.label)
             continue
-        probs = probabilities[next_good]
-        next_good += 1
         best = int(probs.argmax())
         yield Row(printable(item.name), best, float(probs[best]), STATUS_OK, "", item.label,
                   probs if keep_probabilities else None, image)

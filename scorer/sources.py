@@ -58,8 +58,8 @@ class Input:
         worker processes do the file I/O instead of the process that lists the files."""
         if self.path is None or self.data is not None or self.error is not None:
             return self
-        loaded = _read_local(self.path)
-        return Input(self.name, loaded.data, loaded.error, self.label)
+        data, error = read_file(self.path)
+        return Input(self.name, data, error, self.label)
 
 
 @dataclass
@@ -266,22 +266,29 @@ class _FdReader:
         self.read = functools.partial(os.read, fd)
 
 
-def _read_local(path: str) -> Input:
-    label = label_from_parent(path)
+def read_file(path: str) -> tuple[bytes | None, str | None]:
+    """A local file's bytes, or (None, one-line reason): never blocks, never reads past the cap."""
     fd, size, reason = _open_regular_fd(path)
     if fd is None:
-        return error_input(path, reason or "cannot open", label)
+        return None, reason or "cannot open"
     try:
         if size > MAX_FILE_BYTES:
-            return error_input(path, too_large_reason(size), label)
-        data = read_capped(_FdReader(fd), expected=size)  # it may have grown since fstat
+            return None, too_large_reason(size)
+        data = os.read(fd, size + 1)  # one call for the usual case: the whole file and no more
+        if len(data) > size:  # it grew since fstat: read on, capped
+            data += read_capped(_FdReader(fd), expected=0)
     except OSError as exc:
-        return error_input(path, exc.strerror or str(exc), label)
+        return None, exc.strerror or str(exc)
     finally:
         os.close(fd)
     if len(data) > MAX_FILE_BYTES:
-        return error_input(path, too_large_reason(len(data)), label)
-    return Input(name=path, data=data, error=None, label=label)
+        return None, too_large_reason(len(data))
+    return data, None
+
+
+def _read_local(path: str) -> Input:
+    data, error = read_file(path)
+    return Input(path, data, error, label_from_parent(path))
 
 
 def read_capped(stream: BinaryIO, *, expected: int) -> bytes:

@@ -33,17 +33,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def mnist_images(request):
-    """(x uint8 (n, 28, 28), y (n,)) real MNIST test digits: the lead's conftest fixture if
-    defined, else a local sample."""
-    try:
-        return request.getfixturevalue("mnist_test_images")
-    except pytest.FixtureLookupError:
-        path = pathlib.Path("/tmp/mnist_sample.npz")
-        if not path.exists():
-            pytest.skip("no MNIST sample available")
-        data = np.load(path)
-        return data["x"], data["y"]
+def mnist_images(mnist_test_images):
+    """(x uint8 (n, 28, 28), y (n,)) real MNIST test digits (see conftest)."""
+    return mnist_test_images
 
 
 def encode(im: Image.Image, fmt: str, **params) -> bytes:
@@ -524,3 +516,49 @@ def test_normalize_many_processes_small_images_together(mnist_images, monkeypatc
 def test_normalize_many_of_nothing_is_empty():
     assert images.normalize_many([]) == []
     assert images.normalize_many((), DIGITS_8X8_GEOMETRY) == []
+
+
+def test_plain_png_fast_path_matches_pillow(mnist_images):
+    """MNIST-style PNGs skip Pillow's chunk reader; the pixels are Pillow's own."""
+    from scorer.images_batch import small_grey_png
+
+    for digit in mnist_images[0][:50]:
+        blob = encode(Image.fromarray(digit), "PNG")
+        height, width, pixels = small_grey_png(blob)
+        assert (height, width) == digit.shape
+        assert np.array_equal(np.frombuffer(pixels, np.uint8).reshape(digit.shape), digit)
+
+
+def test_plain_png_fast_path_declines_anything_unusual(mnist_images):
+    from scorer.images_batch import small_grey_png
+
+    digit = mnist_images[0][0]
+    plain = encode(Image.fromarray(digit), "PNG")
+    bad_crc = bytearray(plain)
+    bad_crc[-20] ^= 0xFF  # inside the IDAT data or its CRC
+    interlaced = bytearray(plain)  # Pillow cannot write Adam7: set the IHDR flag, fix the CRC
+    interlaced[28] = 1
+    interlaced[29:33] = zlib.crc32(bytes(interlaced[12:29])).to_bytes(4, "big")
+    declined = {
+        "interlaced": bytes(interlaced),
+        "16-bit": encode(Image.fromarray(digit.astype(np.uint16) * 257), "PNG"),
+        "transparency": encode(Image.fromarray(digit), "PNG", transparency=0),
+        "rgb": encode(Image.fromarray(digit).convert("RGB"), "PNG"),
+        "large": encode(Image.new("L", (65, 10)), "PNG"),
+        "truncated": plain[:-30],
+        "bad crc": bytes(bad_crc),
+        "signature only": plain[:8],
+        "jpeg": encode(Image.fromarray(digit), "JPEG"),
+    }
+    for name, blob in declined.items():
+        assert small_grey_png(blob) is None, name
+    # and whatever it declines still normalises exactly as one at a time
+    blobs = list(declined.values())
+    singles = []
+    for blob in blobs:
+        try:
+            singles.append((normalize(blob), ""))
+        except ImageError as err:
+            singles.append((None, str(err)))
+    for (a, ra), (b, rb) in zip(images.normalize_many(blobs), singles, strict=True):
+        assert ra == rb and (a is None and b is None or np.array_equal(a, b))
