@@ -79,9 +79,9 @@ def apply_labels(inputs, labels: dict[str, int], matched: set[str]):
               help="CSV with source,label columns; otherwise a parent folder named 0-9 is the "
               "label.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Decoding processes.  [default: all cores]")
+              help="Worker processes that read, normalise and classify.  [default: all cores]")
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=256,
-              help="Images per model invocation.")
+              help="Most images per model invocation (at most 64 in worker processes).")
 @click.option("--probabilities", is_flag=True, help="Add p0..p9 columns.")
 @click.version_option(__version__, prog_name="digits-score")
 def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batch_size,
