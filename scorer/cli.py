@@ -37,9 +37,10 @@ def read_labels_csv(path: str, classes: list[str]) -> dict[str, int]:
 
 
 def check_out(out: str) -> None:
-    """A local --out must name a file in an existing folder: fail before scoring, not after."""
+    """A local --out must name a file in a folder we can write to: fail before scoring."""
     from pathlib import Path
 
+    from scorer.outputs import PredictionsCsv
     from scorer.sources import is_s3
 
     if out == "-" or is_s3(out):
@@ -49,6 +50,10 @@ def check_out(out: str) -> None:
         raise click.BadParameter(f"{out} is a folder; give a file name", param_hint="--out")
     if not path.resolve().parent.is_dir():
         raise click.BadParameter(f"folder {path.parent} does not exist", param_hint="--out")
+    try:
+        PredictionsCsv.check_target(out)
+    except OSError as err:  # e.g. no permission to write beside --out
+        raise click.BadParameter(f"cannot write there: {err}", param_hint="--out") from err
 
 
 def apply_labels(inputs, labels: dict[str, int], matched: set[str]):
@@ -129,12 +134,7 @@ def progress_bar(rows):
 
 def run(inputs, bundle, out, report_dir, workers, batch_size, probabilities):
     from scorer.job import run_job
-    from scorer.outputs import PredictionsCsv
 
-    try:
-        PredictionsCsv.check_target(out)
-    except OSError as err:  # e.g. no permission to write beside --out
-        raise click.BadParameter(f"cannot write there: {err}", param_hint="--out") from err
     tally = run_job(inputs, bundle, out, report_dir, workers=workers, batch_size=batch_size,
                     probabilities=probabilities,
                     progress=progress_bar if sys.stderr.isatty() else None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics
@@ -88,19 +87,18 @@ def score(bucket: str, key: str) -> str | None:
     if reason:
         logger.info("ignored object", extra={"bucket": bucket, "key": key, "reason": reason})
         return None
-    started = time.perf_counter()
     out, tally = s3_jobs.score_object(bucket, key, bundle, config)
-    record_metrics(tally, time.perf_counter() - started)
+    record_metrics(tally)
     logger.info("scored object", extra={"bucket": bucket, "key": key, "output": out,
                                          "scored": tally.scored, "failed": tally.failed})
     return out
 
 
-def record_metrics(tally, seconds: float | None = None) -> None:
+def record_metrics(tally) -> None:
     metrics.add_metric(name="ImagesScored", unit=MetricUnit.Count, value=tally.scored)
     metrics.add_metric(name="ImageErrors", unit=MetricUnit.Count, value=tally.failed)
     metrics.add_metric(name="ScoringLatency", unit=MetricUnit.Milliseconds,
-                       value=round(1000 * (seconds or tally.seconds), 1))
+                       value=round(1000 * tally.seconds, 1))
 
 
 def batch_operation(event: S3BatchOperationEvent) -> dict:

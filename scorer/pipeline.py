@@ -70,10 +70,12 @@ def prepare_chunk(items: list[Input], geometry: Geometry, classifier: Classifier
             normalised = normalize_many(blobs, geometry)
         except Exception:  # noqa: BLE001 (find the culprit one by one; it becomes its row)
             normalised = [prepare(blob, geometry) for blob in blobs]
-    for i, (_, reason) in zip(readable, normalised, strict=True):
-        results[i] = (None, reason, None)
-    good = [(i, image) for i, (image, _) in zip(readable, normalised, strict=True)
-            if image is not None]
+    good = []
+    for i, (image, reason) in zip(readable, normalised, strict=True):
+        if image is None:
+            results[i] = (None, reason, None)
+        else:
+            good.append((i, image))
     probabilities = classifier.predict(np.stack([image for _, image in good])) if good else []
     for (i, image), probs in zip(good, probabilities, strict=True):
         results[i] = (image, "", probs)
@@ -103,7 +105,7 @@ class Decoder:
     def __init__(self, bundle: Bundle, workers: int, batch_size: int):
         self.geometry = bundle.geometry
         self.model_content = bundle.model_bytes()
-        self.classifier = Classifier(self.model_content)
+        self.classifier: Classifier | None = None  # this process's, only when it does the work
         self.workers = max(1, workers)
         self.chunk = max(1, min(self.CHUNK, batch_size))
         self.pool: ProcessPoolExecutor | None = None
@@ -115,6 +117,8 @@ class Decoder:
             size = max(1, min(self.chunk, -(-len(payload) // self.workers)))
             return [self.pool.submit(_prepare_in_worker, payload[i : i + size])
                     for i in range(0, len(payload), size)]
+        if self.classifier is None:
+            self.classifier = Classifier(self.model_content)
         return [prepare_chunk(payload, self.geometry, self.classifier)]
 
     @staticmethod

