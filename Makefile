@@ -10,7 +10,7 @@ TRAIN_ARGS ?=
 LAMBDA_PYTHON ?= 3.12
 LAMBDA_PLATFORM ?= x86_64
 
-.PHONY: help train test bench lint package clean
+.PHONY: help train test bench lint check package clean
 
 help:
 	@echo "make train    train, evaluate and export the model bundle to $(ARTIFACTS)/"
@@ -18,6 +18,7 @@ help:
 	@echo "make test     run the test suite"
 	@echo "make bench    scoring throughput on 10,000 MNIST PNGs"
 	@echo "make lint     ruff"
+	@echo "make check    lint, then the test suite (what CI runs)"
 	@echo "make package  build/lambda.zip for AWS Lambda (LAMBDA_PYTHON=$(LAMBDA_PYTHON))"
 
 $(VENV)/bin/python:
@@ -40,6 +41,8 @@ test: $(VENV)/.dev.stamp
 
 lint: $(VENV)/.dev.stamp
 	$(BIN)/ruff check .
+
+check: lint test
 
 bench: $(VENV)/.dev.stamp
 	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) train ARTIFACTS=$(ARTIFACTS)

@@ -2,38 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 
 import click
 
 from scorer import __version__
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_SOME_FAILED = 3
-
-
-def read_labels_csv(path: str, classes: list[str]) -> dict[str, int]:
-    """`source,label` rows -> {source: class index}; a bad file is a usage error."""
-    index = {name: i for i, name in enumerate(classes)}
-    labels: dict[str, int] = {}
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"source", "label"} <= set(reader.fieldnames):
-                raise click.BadParameter("needs a header with 'source' and 'label' columns",
-                                         param_hint="--labels")
-            for line, entry in enumerate(reader, start=2):
-                label = (entry["label"] or "").strip()
-                if label not in index:
-                    raise click.BadParameter(
-                        f"line {line}: label {label!r} is not one of {', '.join(classes)}",
-                        param_hint="--labels")
-                labels[entry["source"]] = index[label]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise click.BadParameter(str(err), param_hint="--labels") from err
-    return labels
 
 
 def check_out(out: str) -> None:
@@ -41,7 +14,7 @@ def check_out(out: str) -> None:
     from pathlib import Path
 
     from scorer.outputs import PredictionsCsv
-    from scorer.sources import is_s3
+    from scorer.s3client import is_s3
 
     if out == "-" or is_s3(out):
         return
@@ -54,17 +27,6 @@ def check_out(out: str) -> None:
         PredictionsCsv.check_target(out)
     except OSError as err:  # e.g. no permission to write beside --out
         raise click.BadParameter(f"cannot write there: {err}", param_hint="--out") from err
-
-
-def apply_labels(inputs, labels: dict[str, int], matched: set[str]):
-    """Labels from --labels override folder names: exact source match (recorded in `matched`)."""
-    from dataclasses import replace
-
-    for item in inputs:
-        label = labels.get(item.name)
-        if label is not None:
-            matched.add(item.name)
-        yield item if label is None else replace(item, label=label)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
@@ -98,7 +60,7 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     Images of any style are normalised the way MNIST was (ink polarity, contrast, crop, 20 px box,
     centre of mass). Broken files become rows with status=error; the run goes on."""
     from scorer.bundle import BundleError, load_bundle
-    from scorer.sources import SourceError, SourceStats, check_specs, iter_inputs
+    from scorer.sources import LabelMatcher, SourceError, SourceStats, check_specs, iter_inputs
 
     try:
         bundle = load_bundle(model_dir, variant)
@@ -106,24 +68,31 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     except (BundleError, SourceError) as err:
         raise click.UsageError(str(err)) from err
     check_out(out)
-    labels = read_labels_csv(labels_csv, bundle.labels) if labels_csv else {}
+    matcher = LabelMatcher(read_labels(labels_csv, bundle.labels) if labels_csv else {})
     stats = SourceStats()
-    matched: set[str] = set()
-    inputs = iter_inputs(sources, stats, defer_reads=True)
-    if labels:
-        inputs = apply_labels(inputs, labels, matched)
+    inputs = matcher.apply(iter_inputs(sources, stats, defer_reads=True))
     try:
-        tally = run(inputs, bundle, out, report_dir, workers, batch_size, probabilities)
+        tally = score_to_outputs(inputs, bundle, out, report_dir, workers, batch_size,
+                                 probabilities)
     except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
         raise click.UsageError(str(err)) from err  # listing starts; a model TFLite cannot load
-    print_summary(tally, stats)
+    click.echo(tally.summary_line(stats.skipped), err=True)
     if tally.scored + tally.failed == 0:
         click.echo("warning: the sources hold no images (png jpg jpeg bmp gif tif tiff webp, "
                    "or zips of them)", err=True)
-    if len(matched) < len(labels):
-        click.echo(f"warning: {len(labels) - len(matched)} of {len(labels)} --labels entries "
+    if matcher.unmatched:
+        click.echo(f"warning: {matcher.unmatched} of {len(matcher.labels)} --labels entries "
                    "matched no input (sources are matched by their exact text)", err=True)
-    sys.exit(EXIT_SOME_FAILED if tally.failed else EXIT_OK)
+    sys.exit(tally.exit_code)
+
+
+def read_labels(path: str, classes: list[str]) -> dict[str, int]:
+    from scorer.sources import LabelsError, read_labels_csv
+
+    try:
+        return read_labels_csv(path, classes)
+    except LabelsError as err:
+        raise click.BadParameter(str(err), param_hint="--labels") from err
 
 
 def progress_bar(rows):
@@ -132,7 +101,7 @@ def progress_bar(rows):
     return tqdm(rows, unit="img", file=sys.stderr, leave=False)
 
 
-def run(inputs, bundle, out, report_dir, workers, batch_size, probabilities):
+def score_to_outputs(inputs, bundle, out, report_dir, workers, batch_size, probabilities):
     from scorer.job import run_job
 
     tally = run_job(inputs, bundle, out, report_dir, workers=workers, batch_size=batch_size,
@@ -142,15 +111,6 @@ def run(inputs, bundle, out, report_dir, workers, batch_size, probabilities):
         click.echo("warning: no labelled images were scored, so no report was written "
                    "(use folders named 0-9 or --labels)", err=True)
     return tally
-
-
-def print_summary(tally, stats) -> None:
-    parts = [f"scored {tally.scored}", f"failed {tally.failed}",
-             f"skipped {stats.skipped} (not images)", f"{tally.rate:,.0f} images/s"]
-    if tally.labelled:
-        parts.append(f"accuracy {tally.correct / tally.labelled:.2%} on {tally.labelled} "
-                     "labelled")
-    click.echo(", ".join(parts), err=True)
 
 
 if __name__ == "__main__":

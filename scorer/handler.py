@@ -39,8 +39,8 @@ RETRYABLE_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestT
 
 
 @functools.cache
-def model() -> tuple[Bundle, s3_jobs.Config]:
-    """Loaded once per container, on the first event."""
+def bundle_and_config() -> tuple[Bundle, s3_jobs.Config]:
+    """The model bundle and the configuration, loaded once per container on the first event."""
     config = s3_jobs.Config.from_env()
     return load_bundle(config.model_dir), config
 
@@ -54,7 +54,7 @@ def handler(event: dict, context) -> dict:
     if "invocationSchemaVersion" in event:
         return batch_operation(S3BatchOperationEvent(event))
     if "source" in event and str(event["source"]).startswith("s3://"):
-        out, tally = s3_jobs.score_prefix(event["source"], *model())
+        out, tally = s3_jobs.score_prefix(event["source"], *bundle_and_config())
         record_metrics(tally)
         return {"output": out, "scored": tally.scored, "failed": tally.failed,
                 "accuracy": tally.accuracy}
@@ -82,7 +82,7 @@ def notified_objects(event: dict) -> list[tuple[str, str]]:
 
 
 def score(bucket: str, key: str) -> str | None:
-    bundle, config = model()
+    bundle, config = bundle_and_config()
     reason = s3_jobs.ignore_reason(key, config)
     if reason:
         logger.info("ignored object", extra={"bucket": bucket, "key": key, "reason": reason})

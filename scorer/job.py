@@ -16,16 +16,22 @@ from scorer.outputs import PredictionsCsv, write_report
 from scorer.pipeline import STATUS_OK, Row, score
 from scorer.sources import Input
 
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_SOME_FAILED = 3
+
 
 @dataclass
 class Tally:
-    """Counts for the summary line, and the labelled predictions for the report."""
+    """Counts for the summary line and the exit code, and the labelled predictions for the
+    report. `finish()` stops the clock, so the report and the summary quote the same speed."""
 
     scored: int = 0
     failed: int = 0
     labelled: int = 0
     correct: int = 0
     started: float = field(default_factory=time.perf_counter)
+    ended: float | None = None
     y_true: list[int] = field(default_factory=list, repr=False)
     y_pred: list[int] = field(default_factory=list, repr=False)
 
@@ -40,9 +46,13 @@ class Tally:
             self.y_true.append(row.label)
             self.y_pred.append(row.prediction)
 
+    def finish(self) -> None:
+        self.ended = time.perf_counter()
+
     @property
     def seconds(self) -> float:
-        return max(time.perf_counter() - self.started, 1e-9)
+        end = time.perf_counter() if self.ended is None else self.ended
+        return max(end - self.started, 1e-9)
 
     @property
     def rate(self) -> float:
@@ -51,6 +61,20 @@ class Tally:
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input was scored, 3 when some could not be (their rows say why)."""
+        return EXIT_SOME_FAILED if self.failed else EXIT_OK
+
+    def summary_line(self, skipped: int) -> str:
+        """One line for people: counts, speed and, with labels, accuracy."""
+        parts = [f"scored {self.scored}", f"failed {self.failed}",
+                 f"skipped {skipped} (not images)", f"{self.rate:,.0f} images/s"]
+        if self.labelled:
+            parts.append(f"accuracy {self.correct / self.labelled:.2%} on {self.labelled} "
+                         "labelled")
+        return ", ".join(parts)
 
 
 def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str | None = None, *,
@@ -76,17 +100,19 @@ def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str |
         sink.abort()
         raise
     sink.finish()
+    tally.finish()
     if report_dir and tally.labelled:
         files = report.report_files(
             report.compute_metrics(tally.y_true, tally.y_pred, bundle.labels),
             title="digit predictions", misclassified=collector.misclassified,
             least_confident=collector.least_confident,
-            extra=summary(tally, bundle, run_info, timings))
+            extra=run_summary(tally, bundle, run_info, timings))
         write_report(files, report_dir)
     return tally
 
 
-def summary(tally: Tally, bundle: Bundle, run_info: dict | None, timings: bool) -> dict:
+def run_summary(tally: Tally, bundle: Bundle, run_info: dict | None, timings: bool) -> dict:
+    """The report's "run" section: where the images and the model came from, and the counts."""
     info = {
         **(run_info or {}),
         "model": str(bundle.path), "model_file": bundle.model_file,

@@ -13,8 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from scorer.files import atomic_write
 from scorer.pipeline import Row
-from scorer.sources import is_s3, parse_s3_url
+from scorer.s3client import client, is_s3, parse_s3_url
 
 BASE_COLUMNS = ["source", "prediction", "confidence", "status", "error"]
 
@@ -106,7 +107,7 @@ def publish_file(path: str, target: str) -> None:
             sys.stdout.flush()
         elif is_s3(target):
             bucket, key = parse_s3_url(target)
-            s3_client().upload_file(path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
+            client().upload_file(path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
         else:
             os.chmod(path, 0o644)
             os.replace(path, target)
@@ -124,7 +125,7 @@ def write_report(files: dict[str, bytes], target: str) -> None:
         bucket, prefix = parse_s3_url(target)
         prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         for name, data in files.items():
-            s3_client().put_object(Bucket=bucket, Key=prefix + name, Body=data,
+            client().put_object(Bucket=bucket, Key=prefix + name, Body=data,
                                    ContentType=CONTENT_TYPES.get(Path(name).suffix,
                                                                  "application/octet-stream"))
         return
@@ -132,21 +133,3 @@ def write_report(files: dict[str, bytes], target: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         atomic_write(folder / name, data)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def s3_client():
-    from scorer.s3 import client
-
-    return client()

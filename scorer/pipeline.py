@@ -19,7 +19,7 @@ import numpy as np
 
 from scorer.bundle import Bundle, Classifier
 from scorer.images import Geometry, ImageError, normalize, normalize_many
-from scorer.sources import Input
+from scorer.sources import Input, load
 
 WINDOWS_IN_FLIGHT = 3  # windows of batch_size x workers inputs: the memory bound of a run
 STATUS_OK = "ok"
@@ -57,10 +57,11 @@ def prepare(data: bytes, geometry: Geometry) -> tuple[np.ndarray | None, str]:
 Prepared = tuple[np.ndarray | None, str, np.ndarray | None]  # (model input, reason, probabilities)
 
 
-def prepare_chunk(items: list[Input], geometry: Geometry, classifier: Classifier) -> list[Prepared]:
+def classify_chunk(items: list[Input], geometry: Geometry,
+                   classifier: Classifier) -> list[Prepared]:
     """Read deferred local files, normalise, classify: per input (model input, "", probabilities)
     or (None, one-line reason, None)."""
-    loaded = [item.read() for item in items]
+    loaded = [load(item) for item in items]
     results: list[Prepared] = [(None, item.error or "", None) for item in loaded]
     readable = [i for i, item in enumerate(loaded) if item.error is None]
     blobs = [loaded[i].data for i in readable]
@@ -90,14 +91,15 @@ def _init_worker(model_content: bytes, geometry: Geometry) -> None:
     _worker["classifier"] = Classifier(model_content, num_threads=1)
 
 
-def _prepare_in_worker(items: list[Input]) -> list[Prepared]:
-    return prepare_chunk(items, _worker["geometry"], _worker["classifier"])
+def _classify_in_worker(items: list[Input]) -> list[Prepared]:
+    return classify_chunk(items, _worker["geometry"], _worker["classifier"])
 
 
-class Decoder:
-    """Prepares windows of inputs in chunks: in a process pool when there is more than one worker
-    and more than one window of work (a single image never pays for starting processes). Each
-    worker runs its own interpreter, so this process only merges rows and writes them."""
+class ScoringPool:
+    """Reads, normalises and classifies windows of inputs in chunks: in a process pool when there
+    is more than one worker and more than one window of work (a single image never pays for
+    starting processes). Each worker runs its own interpreter, so this process only merges rows
+    and writes them."""
 
     CHUNK = 64  # most inputs per task (and model invocation) in a worker: amortises the
     # inter-process overhead while keeping every core busy
@@ -108,18 +110,18 @@ class Decoder:
         self.classifier: Classifier | None = None  # this process's, only when it does the work
         self.workers = max(1, workers)
         self.chunk = max(1, min(self.CHUNK, batch_size))
-        self.pool: ProcessPoolExecutor | None = None
+        self.executor: ProcessPoolExecutor | None = None
 
     def submit(self, window: list[Input], use_pool: bool) -> list:
         """Start preparing; `collect` the returned handle for the results in order."""
         payload = [item for item in window if item.error is None]
         if use_pool and self.workers > 1 and self._start_pool():
             size = max(1, min(self.chunk, -(-len(payload) // self.workers)))
-            return [self.pool.submit(_prepare_in_worker, payload[i : i + size])
+            return [self.executor.submit(_classify_in_worker, payload[i : i + size])
                     for i in range(0, len(payload), size)]
         if self.classifier is None:
             self.classifier = Classifier(self.model_content)
-        return [prepare_chunk(payload, self.geometry, self.classifier)]
+        return [classify_chunk(payload, self.geometry, self.classifier)]
 
     @staticmethod
     def collect(handle: list) -> list[Prepared]:
@@ -128,11 +130,11 @@ class Decoder:
                 for result in (part.result() if isinstance(part, Future) else part)]
 
     def _start_pool(self) -> bool:
-        if self.pool is None:
+        if self.executor is None:
             try:  # fork: workers start in milliseconds and inherit the imported modules
                 methods = multiprocessing.get_all_start_methods()
                 context = multiprocessing.get_context("fork" if "fork" in methods else None)
-                self.pool = ProcessPoolExecutor(self.workers, mp_context=context,
+                self.executor = ProcessPoolExecutor(self.workers, mp_context=context,
                                                 initializer=_init_worker,
                                                 initargs=(self.model_content, self.geometry))
             except OSError:  # no /dev/shm (AWS Lambda): work in this process
@@ -141,31 +143,31 @@ class Decoder:
         return True
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
 
 
 def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None,
           batch_size: int = 256, keep_probabilities: bool = False) -> Iterator[Row]:
     """Yield one Row per input, in input order."""
     workers = workers or default_workers()
-    decoder = Decoder(bundle, workers, batch_size)
-    window_size = batch_size * decoder.workers
+    scoring = ScoringPool(bundle, workers, batch_size)
+    window_size = batch_size * scoring.workers
     stream = iter(inputs)
     in_flight: deque[tuple[list[Input], list]] = deque()
     try:
         window = list(islice(stream, window_size))
-        in_flight.append((window, decoder.submit(window, use_pool=len(window) == window_size)))
+        in_flight.append((window, scoring.submit(window, use_pool=len(window) == window_size)))
         while in_flight:
             # Keep the workers a few windows ahead, so they never wait for this process.
             while len(in_flight) < WINDOWS_IN_FLIGHT and (window := list(islice(stream,
                                                                                 window_size))):
-                in_flight.append((window, decoder.submit(window, use_pool=True)))
+                in_flight.append((window, scoring.submit(window, use_pool=True)))
             window, pending = in_flight.popleft()
-            yield from rows(window, decoder.collect(pending), keep_probabilities)
+            yield from rows(window, scoring.collect(pending), keep_probabilities)
     finally:
-        decoder.close()
+        scoring.close()
 
 
 def printable(name: str) -> str:

@@ -13,11 +13,13 @@ from pathlib import Path
 
 from scorer import sources
 from scorer.bundle import Bundle
+from scorer.images import IMAGE_EXTENSIONS
 from scorer.job import Tally, run_job
+from scorer.s3client import parse_s3_url
 from scorer.sources import SourceStats
 
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "model"  # beside scorer/ in the zip
-SCORABLE = sources.IMAGE_EXTENSIONS | {sources.ZIP_EXTENSION}
+SCORABLE = IMAGE_EXTENSIONS | {sources.ZIP_EXTENSION}
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def score_object(bucket: str, key: str, bundle: Bundle, config: Config) -> tuple
 def score_prefix(source: str, bundle: Bundle, config: Config) -> tuple[str, Tally]:
     """Every image and archive under an s3:// prefix -> one CSV (and one report when labelled)
     at `<output prefix><prefix below the input prefix>/predictions.csv`."""
-    bucket, prefix = sources.parse_s3_url(source)
+    bucket, prefix = parse_s3_url(source)
     folder = relative(prefix, config).strip("/")
     base = f"{folder}/" if folder else ""
     out = output_url(bucket, f"{base}predictions.csv", config)

@@ -53,10 +53,10 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log_path: str) -> No
 def _reset_scorer_client() -> None:
     """The scorer caches its boto3 client; make it pick up the session's endpoint."""
     try:
-        from scorer import s3
+        from scorer import s3client
     except ImportError:
         return
-    s3.reset_client()
+    s3client.reset_client()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scorer.bundle import BundleError, Classifier, load_bundle
+from scorer.bundle import (
+    BundleError,
+    Classifier,
+    Manifest,
+    load_bundle,
+    read_manifest,
+    write_bundle,
+)
+from scorer.files import sha256_bytes
 from scorer.images import MNIST_GEOMETRY
 
 
@@ -36,7 +44,14 @@ def test_loads_a_trained_bundle(mnist_bundle):
     assert bundle.model_file == "model.tflite"
     assert bundle.labels == [str(d) for d in range(10)]
     assert bundle.geometry == MNIST_GEOMETRY
-    assert bundle.manifest["schema_version"] == 1
+    assert bundle.manifest.input_shape == (28, 28)
+    assert bundle.manifest.models["int8"] == "model.tflite"
+
+
+def test_manifest_round_trips_through_the_dataclass(mnist_bundle):
+    """The typed Manifest reads every field the trainer wrote and writes the same JSON back."""
+    doc = json.loads((mnist_bundle / "manifest.json").read_text())
+    assert Manifest.from_dict(doc).to_dict() == doc
 
 
 def test_float32_variant(mnist_bundle):
@@ -202,3 +217,29 @@ def test_model_replaced_after_loading_is_refused(bundle_copy):
     shutil.copyfile(bundle_copy / "model_float32.tflite", bundle_copy / "model.tflite")
     with pytest.raises(BundleError, match="SHA-256"):
         bundle.classifier()
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def small_manifest() -> Manifest:
+    return Manifest(classes=("0", "1"), geometry=MNIST_GEOMETRY, input_shape=(28, 28))
+
+
+def test_writer_lists_every_file_with_its_hash(tmp_path):
+    files = {"model.tflite": b"model", "notes.txt": b"notes"}
+    written = write_bundle(tmp_path / "bundle", files, small_manifest())
+    read = read_manifest(tmp_path / "bundle")
+    assert read == written
+    assert {name: entry.sha256 for name, entry in read.files.items()} == {
+        name: sha256_bytes(data) for name, data in files.items()}
+    assert read.files["notes.txt"].bytes == 5
+
+
+def test_failed_write_leaves_the_old_bundle_untouched(tmp_path):
+    out = tmp_path / "artifacts"
+    write_bundle(out, {"a.txt": b"old"}, small_manifest())
+    with pytest.raises(OSError):
+        write_bundle(out, {"b.txt": b"new", "missing/c.txt": b"x"}, small_manifest())
+    assert (out / "a.txt").read_bytes() == b"old" and not (out / "b.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["artifacts"]  # no staging left behind

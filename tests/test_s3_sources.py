@@ -16,9 +16,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import pytest
 
-from scorer import s3 as scorer_s3
-from scorer import sources
+from scorer import s3client
 from scorer.sources import Input, SourceError, SourceStats, iter_inputs, iter_s3_object
+from scorer.sources import base as sources_base
+from scorer.sources import s3 as scorer_s3
 
 from moto_server import moto_endpoint  # noqa: F401
 
@@ -62,13 +63,13 @@ def count_calls(moto_endpoint):  # noqa: F811
             calls.append(1)
 
         event = f"before-call.s3.{operation}"
-        scorer_s3.client().meta.events.register(event, handler)
+        s3client.client().meta.events.register(event, handler)
         registered.append((event, handler))
         return calls
 
     yield start
     for event, handler in registered:  # the client is cached for the whole process
-        scorer_s3.client().meta.events.unregister(event, handler)
+        s3client.client().meta.events.unregister(event, handler)
 
 
 def test_prefix_over_many_pages_yields_everything_in_key_order(
@@ -202,7 +203,7 @@ def test_iter_s3_object_fails_fast_by_default(s3, bucket):
 
 
 def test_objects_over_the_size_limit_are_refused(s3, bucket, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 10)
+    monkeypatch.setattr(sources_base, "MAX_FILE_BYTES", 10)
     s3.put_object(Bucket=bucket, Key="q/ok.png", Body=b"x" * 10)
     s3.put_object(Bucket=bucket, Key="q/big.png", Body=b"x" * 11)
     rows = run(f"s3://{bucket}/q/")  # judged from the listing's sizes
@@ -291,8 +292,8 @@ def test_local_and_s3_specs_mix_in_order(s3, bucket, tmp_path):
 
 
 def test_client_uses_standard_retries_and_the_environment_endpoint(moto_endpoint):  # noqa: F811
-    client = scorer_s3.client()
-    assert client is scorer_s3.client()  # cached: one per process
+    client = s3client.client()
+    assert client is s3client.client()  # cached: one per process
     assert client.meta.config.retries["mode"] == "standard"
     assert client.meta.endpoint_url == moto_endpoint  # from AWS_ENDPOINT_URL alone
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from scorer import sources
-from scorer.sources import Input, SourceError, SourceStats, iter_inputs
+from scorer import s3client, sources
+from scorer.sources import Input, SourceError, SourceStats, iter_inputs, local
+from scorer.sources import base as sources_base
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -191,7 +192,7 @@ def test_folder_named_like_an_image_is_walked_not_read(tmp_path):
         (str(root / "x.png/8/inner.png"), 8, None)
     ]
     # The low-level reader refuses a directory (e.g. one swapped in after listing).
-    row = sources._read_local(str(root / "x.png"))
+    row = local._read_local(str(root / "x.png"))
     assert (row.data, row.error) == (None, "not a regular file (directory)")
 
 
@@ -207,7 +208,7 @@ def test_unreadable_folder_is_an_error_row(tmp_path, monkeypatch):
         return real_scandir(path)
 
     # chmod 000 does not stop root (tests may run as root), so simulate the refusal.
-    monkeypatch.setattr(sources.os, "scandir", scandir)
+    monkeypatch.setattr(local.os, "scandir", scandir)
     rows = run(root)
     assert [(r.name, r.error) for r in rows] == [
         (str(root / "1"), "cannot list folder: Permission denied"),
@@ -216,7 +217,7 @@ def test_unreadable_folder_is_an_error_row(tmp_path, monkeypatch):
 
 
 def test_file_over_the_size_limit_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(sources_base, "MAX_FILE_BYTES", 100)
     write(tmp_path / "at-limit.png", b"x" * 100)
     write(tmp_path / "over.png", b"x" * 101)
     rows = run(tmp_path)
@@ -270,19 +271,19 @@ def test_check_specs_accepts_existing_things_and_returns_a_list(tmp_path):
     ],
 )
 def test_parse_s3_url(url, expected):
-    assert sources.is_s3(url)
-    assert sources.parse_s3_url(url) == expected
+    assert s3client.is_s3(url)
+    assert s3client.parse_s3_url(url) == expected
 
 
 @pytest.mark.parametrize("url", ["s3://", "s3:///key", "http://b/k", "b/k", "s3://b c/k"])
 def test_parse_s3_url_rejects_bad_urls(url):
     with pytest.raises(ValueError):
-        sources.parse_s3_url(url)
+        s3client.parse_s3_url(url)
 
 
 def test_is_s3_is_false_for_local_paths():
-    assert not sources.is_s3("data/s3/x.png")
-    assert not sources.is_s3("s3:/b/k")
+    assert not s3client.is_s3("data/s3/x.png")
+    assert not s3client.is_s3("s3:/b/k")
 
 
 # --- zips ----------------------------------------------------------------------------------------
@@ -355,7 +356,7 @@ def test_corrupt_and_truncated_zips_are_one_error_row_each_and_the_job_goes_on(t
 
 
 def test_zip_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(sources_base, "MAX_FILE_BYTES", 1000)
     archive = tmp_path / "big.zip"
     # Zeros compress to almost nothing: the compressed size must not be what is checked.
     archive.write_bytes(make_zip({"1/bomb.png": bytes(5000), "1/ok.png": bytes(1000)}))

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from scorer.bundle import load_bundle, sha256_file
+from scorer.bundle import load_bundle
+from scorer.files import sha256_file
 from trainer import data, export
 
 from conftest import ROOT, train_bundle
@@ -116,16 +117,6 @@ def test_mnist_bundle_scores_mnist(mnist_bundle):
     assert metrics["dataset"] == "mnist" and metrics["test_samples"] == 10000
     assert metrics["models"]["tflite_int8"]["accuracy"] > 0.95
     assert json.loads((mnist_bundle / "manifest.json").read_text())["input"]["shape"] == [28, 28]
-
-
-def test_failed_write_leaves_the_old_bundle_untouched(tmp_path):
-    out = tmp_path / "artifacts"
-    export.write_bundle(out, {"a.txt": b"old"}, {"input": {}, "classes": []})
-    with pytest.raises(OSError):
-        export.write_bundle(out, {"b.txt": b"new", "missing/c.txt": b"x"},
-                            {"input": {}, "classes": []})
-    assert (out / "a.txt").read_bytes() == b"old" and not (out / "b.txt").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["artifacts"]  # no staging left behind
 
 
 def run_train(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

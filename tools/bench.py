@@ -50,7 +50,7 @@ COLD_START = r"""
 import time
 started = time.perf_counter()
 import scorer.handler
-scorer.handler.model()
+scorer.handler.bundle_and_config()
 print(time.perf_counter() - started)
 """
 

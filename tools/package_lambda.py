@@ -11,7 +11,8 @@ Layout of the zip (its root is the Lambda task root, ``$LAMBDA_TASK_ROOT``):
 
 Third-party wheels are installed with ``pip install --target --platform ... --only-binary=:all:
 --no-deps`` for the Lambda interpreter and glibc, from an explicit and complete list
-(RUNTIME_REQUIREMENTS): boto3/botocore are provided by the Lambda runtime and are never bundled.
+(runtime_requirements, derived from pyproject.toml): boto3/botocore are provided by the Lambda
+runtime and are never bundled.
 The tree is then pruned by an explicit list (PRUNE_PATHS, PRUNE_DIR_NAMES) and written as a
 deterministic zip (sorted entries, fixed timestamps, fixed permissions), atomically.
 
@@ -42,24 +43,52 @@ DEFAULT_PYTHON_VERSION = "3.12"
 MAX_ZIPPED_BYTES = 50 * 1024 * 1024
 MAX_UNZIPPED_BYTES = 250 * 1024 * 1024
 
-# Everything the handler imports at run time, with no dependency resolution (pip --no-deps), so
-# nothing comes in by accident. Measured by importing in a clean venv from a --no-deps install:
+# Everything the handler imports at run time is installed with no dependency resolution (pip
+# --no-deps), so nothing comes in by accident. The list is derived from the package metadata
+# (see runtime_requirements): the scorer's dependencies and the `aws` extra in pyproject.toml,
+# less what the Lambda runtime provides, plus the unconditional requirements of those,
+# followed through the installed distributions' metadata. Measured by importing in a clean venv
+# from a --no-deps install:
 # - ai_edge_litert.interpreter imports only numpy. ai-edge-litert's declared dependencies
 #   (flatbuffers, protobuf, ml_dtypes, backports.strenum, tqdm, typing-extensions) are used by
-#   its converter/CompiledModel/AOT tooling, not by the classic Interpreter.
-# - aws_lambda_powertools (Logger, Metrics, Tracer, utilities.batch, utilities.data_classes)
-#   imports jmespath and typing_extensions; Tracer imports aws-xray-sdk lazily (only if used).
-# - click and tqdm are the scorer's own dependencies (CLI, progress bars); both are tiny.
-RUNTIME_REQUIREMENTS: tuple[str, ...] = (
-    "numpy>=1.26",
-    "pillow>=10.3",
-    "ai-edge-litert>=1.2",
-    "click>=8.1",
-    "tqdm>=4.66",
-    "aws-lambda-powertools>=3.0",
-    "jmespath>=1.0",
-    "typing-extensions>=4.6",
-)
+#   its converter/CompiledModel/AOT tooling, not by the classic Interpreter: not followed.
+# - aws_lambda_powertools (Logger, Metrics, utilities.batch, utilities.data_classes) imports
+#   jmespath and typing_extensions, its unconditional requirements.
+PROVIDED_BY_LAMBDA: frozenset[str] = frozenset({"boto3", "botocore"})
+REQUIREMENTS_NOT_FOLLOWED: frozenset[str] = frozenset({"ai-edge-litert"})
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> tuple[str, ...]:
+    """The Lambda's requirement list, from pyproject.toml and installed metadata, sorted."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    pending = [Requirement(r) for r in
+               project["dependencies"] + project["optional-dependencies"]["aws"]]
+    found: dict[str, Requirement] = {}
+    while pending:
+        req = pending.pop(0)  # breadth first: a direct requirement wins over a transitive one
+        name = _canonical(req.name)
+        if name in found or name in PROVIDED_BY_LAMBDA or \
+                (req.marker and not req.marker.evaluate({"extra": ""})):
+            continue
+        found[name] = req
+        if name in REQUIREMENTS_NOT_FOLLOWED:
+            continue
+        try:
+            pending += [Requirement(r) for r in requires(req.name) or []]
+        except PackageNotFoundError as err:
+            raise BuildError(f"{req.name} is not installed here: its requirements cannot be "
+                             "read (make package installs the dev extras first)") from err
+    return tuple(str(found[name]) for name in sorted(found))
+
 
 # Distributions that must never be in the zip: training stack (too big, not needed to score) and
 # the AWS SDK (provided by the Lambda runtime; bundling it pins an old copy).
@@ -136,7 +165,7 @@ def pip_install_command(
     target: Path,
     python_version: str,
     arch: str,
-    requirements: Sequence[str] = RUNTIME_REQUIREMENTS,
+    requirements: Sequence[str],
     glibc: tuple[int, int] = DEFAULT_GLIBC,
     python: str = sys.executable,
 ) -> list[str]:
@@ -296,9 +325,10 @@ def build(
         raise BuildError(f"{scorer_dir} is not a Python package (no __init__.py)")
     with tempfile.TemporaryDirectory(prefix="lambda-pkg-") as tmp:
         pkg = Path(tmp) / "pkg"
-        cmd = pip_install_command(pkg, python_version, arch, glibc=glibc)
+        requirements = runtime_requirements()
+        cmd = pip_install_command(pkg, python_version, arch, requirements, glibc=glibc)
         log(f"installing wheels for cp{python_version.replace('.', '')} {arch} "
-            f"(glibc <= {glibc[0]}.{glibc[1]}): {' '.join(RUNTIME_REQUIREMENTS)}")
+            f"(glibc <= {glibc[0]}.{glibc[1]}): {' '.join(requirements)}")
         result = subprocess.run(cmd, check=False)
         if result.returncode != 0:
             raise BuildError(f"pip install failed with exit status {result.returncode}")

@@ -55,9 +55,9 @@ def main(**options) -> None:
     from trainer.data import DataError
 
     try:
-        from trainer.train import Settings, run
+        from trainer.train import Settings, train_and_export
 
-        run(Settings(**options))
+        train_and_export(Settings(**options))
     except DataError as err:
         click.echo(f"Error: {err}", err=True)
         sys.exit(2)

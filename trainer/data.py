@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer.outputs import atomic_write
+from scorer.files import atomic_write
 
 KERAS_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"

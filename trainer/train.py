@@ -1,6 +1,6 @@
 """Train a digit classifier and export the verified model bundle.
 
-The story, one function per stage, called in order by `run`:
+The story, one function per stage, called in order by `train_and_export`:
 prepare the data -> build the model -> train -> evaluate (Keras, TFLite float32, TFLite int8)
 -> write the bundle (models, manifest, metrics, reports) -> print a summary.
 """
@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from scorer import report
+from scorer.bundle import Manifest, write_bundle
 from scorer.images import DIGITS_8X8_GEOMETRY, MNIST_GEOMETRY
 from trainer import data, export, plots
 from trainer.model import augmentation, build_model
@@ -55,7 +56,7 @@ class Evaluation:
     probabilities: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def run(settings: Settings) -> dict:
+def train_and_export(settings: Settings) -> dict:
     """Train, evaluate and export; returns metrics.json's content."""
     started = time.perf_counter()
     keras.utils.set_random_seed(settings.seed)
@@ -71,7 +72,7 @@ def run(settings: Settings) -> dict:
     }
     evaluation = evaluate(model, tflite, dataset)
     metrics = metrics_json(dataset, evaluation, tflite, history, time.perf_counter() - started)
-    write_bundle(settings, dataset, model, tflite, evaluation, history, metrics)
+    export_bundle(settings, dataset, model, tflite, evaluation, history, metrics)
     print_summary(settings, metrics)
     return metrics
 
@@ -158,7 +159,7 @@ def metrics_json(dataset: data.Dataset, evaluation: Evaluation, tflite: dict[str
     }
 
 
-def write_bundle(settings: Settings, dataset: data.Dataset, model: keras.Model,
+def export_bundle(settings: Settings, dataset: data.Dataset, model: keras.Model,
                  tflite: dict[str, bytes], evaluation: Evaluation, history: dict,
                  metrics: dict) -> None:
     files = {
@@ -170,7 +171,7 @@ def write_bundle(settings: Settings, dataset: data.Dataset, model: keras.Model,
         "training_history.json": (json.dumps(history, indent=2) + "\n").encode(),
         **report_files(dataset, evaluation, history, metrics),
     }
-    export.write_bundle(Path(settings.out), files, manifest(settings, dataset, metrics))
+    write_bundle(Path(settings.out), files, manifest(settings, dataset, metrics))
     print(f"bundle written to {settings.out}/ ({len(files) + 1} files)")
 
 
@@ -207,22 +208,22 @@ def keras_bytes(model: keras.Model) -> bytes:
         return path.read_bytes()
 
 
-def manifest(settings: Settings, dataset: data.Dataset, metrics: dict) -> dict:
-    geometry = MNIST_GEOMETRY if dataset.name == "mnist" else DIGITS_8X8_GEOMETRY
-    return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"name": dataset.name, "source": dataset.source,
-                    "train_samples": len(dataset.x_train), "test_samples": len(dataset.x_test)},
-        "input": {"shape": list(dataset.x_train.shape[1:]), "dtype": "uint8", "range": [0, 255],
-                  "geometry": geometry.to_manifest()},
-        "classes": dataset.classes,
-        "models": {"int8": "model.tflite", "float32": "model_float32.tflite",
-                   "keras": "model.keras"},
-        "training": {**asdict(settings), "hidden": list(settings.hidden)},
-        "versions": versions(),
-        "metrics": {"int8_accuracy": metrics["models"]["tflite_int8"]["accuracy"],
-                    "keras_accuracy": metrics["models"]["keras"]["accuracy"]},
-    }
+def manifest(settings: Settings, dataset: data.Dataset, metrics: dict) -> Manifest:
+    """The bundle's manifest; the writer adds every file's hash."""
+    return Manifest(
+        classes=tuple(dataset.classes),
+        geometry=MNIST_GEOMETRY if dataset.name == "mnist" else DIGITS_8X8_GEOMETRY,
+        input_shape=tuple(dataset.x_train.shape[1:]),
+        models={"int8": "model.tflite", "float32": "model_float32.tflite",
+                "keras": "model.keras"},
+        dataset={"name": dataset.name, "source": dataset.source,
+                 "train_samples": len(dataset.x_train), "test_samples": len(dataset.x_test)},
+        training={**asdict(settings), "hidden": list(settings.hidden)},
+        versions=versions(),
+        metrics={"int8_accuracy": metrics["models"]["tflite_int8"]["accuracy"],
+                 "keras_accuracy": metrics["models"]["keras"]["accuracy"]},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def versions() -> dict[str, str]:

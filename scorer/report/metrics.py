@@ -1,41 +1,17 @@
-"""Evaluation reports: metrics, scikit-learn-compatible text, CSV, JSON and a static HTML page.
+"""Metrics over labelled predictions, and their scikit-learn-compatible text and CSV.
 
-Pure functions over numpy arrays and plain dicts. This module is part of the light scorer
-(it must fit a 50 MB Lambda zip), so it deliberately re-implements the few scikit-learn metrics
-it needs instead of importing scikit-learn; ``tests/test_report.py`` checks the numbers and the
-text against scikit-learn itself.
+Pure functions over numpy arrays. This is part of the light scorer (it must fit a 50 MB Lambda
+zip), so it deliberately re-implements the few scikit-learn metrics it needs instead of importing
+scikit-learn; ``tests/test_report.py`` checks the numbers and the text against scikit-learn.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import heapq
 import io
-import itertools
-import json
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
-
-from scorer.report_html import render_html
-
-__all__ = [
-    "DEFAULT_K",
-    "Example",
-    "ExampleCollector",
-    "classification_report_text",
-    "compute_metrics",
-    "confusion_matrix",
-    "confusion_matrix_csv",
-    "report_files",
-]
-
-#: Default number of thumbnails kept per grid: 48 = 6 full rows of 8 in the HTML page, and
-#: 48 PNGs of 64x64 px add only ~30 kB of base64 to report.html.
-DEFAULT_K = 48
 
 #: First cell of the header row of ``confusion_matrix.csv`` ("row = true, column = predicted").
 CSV_CORNER = "true\\pred"
@@ -191,151 +167,3 @@ def confusion_matrix_csv(metrics: dict) -> str:
     for label, counts in zip(metrics["labels"], metrics["confusion_matrix"], strict=True):
         writer.writerow([label, *counts])
     return buf.getvalue()
-
-
-# eq=False: the default field-wise __eq__/__hash__ would compare/hash the ndarray and fail.
-@dataclass(frozen=True, eq=False)
-class Example:
-    """One scored image to show in the report.
-
-    Attributes
-    ----------
-    source : str
-        File name, S3 URL or ``archive.zip!/member``. Untrusted text: escaped in HTML.
-    label : int or None
-        True class index, None if unknown.
-    prediction : int
-        Predicted class index.
-    confidence : float
-        Probability of the predicted class, in [0, 1].
-    image : ndarray of uint8, shape (h, w)
-        The model's input (light ink on dark), shown as a thumbnail.
-    """
-
-    source: str
-    label: int | None
-    prediction: int
-    confidence: float
-    image: np.ndarray
-
-    @property
-    def is_error(self) -> bool:
-        """True if the label is known and differs from the prediction."""
-        return self.label is not None and self.label != self.prediction
-
-
-class ExampleCollector:
-    """Streaming choice of the examples to show, in O(k) memory whatever the number of images.
-
-    Keeps two bounded heaps:
-
-    * ``misclassified``: the ``k_misclassified`` *most confident* errors (label known and !=
-      prediction). Confident mistakes are the most telling ones (mislabelled data, systematic
-      confusions), and the unsure mistakes already appear in the least-confident grid.
-    * ``least_confident``: the ``k_least_confident`` lowest-confidence examples, right or wrong,
-      labelled or not.
-
-    Ties on confidence keep the example added first, so the result does not depend on heap
-    internals: it equals a stable sort of everything added, cut to k.
-
-    Parameters
-    ----------
-    k_misclassified, k_least_confident : int, default=48 (:data:`DEFAULT_K`)
-    """
-
-    def __init__(self, k_misclassified: int = DEFAULT_K, k_least_confident: int = DEFAULT_K):
-        if k_misclassified < 0 or k_least_confident < 0:
-            raise ValueError("k must be >= 0")
-        self.k_misclassified = k_misclassified
-        self.k_least_confident = k_least_confident
-        self.seen = 0
-        self.errors_seen = 0
-        # Heap entries are (key, -seq, Example); the unique seq means Examples are never compared.
-        self._errors: list[tuple[float, int, Example]] = []  # min-heap on confidence
-        self._unsure: list[tuple[float, int, Example]] = []  # min-heap on -confidence
-        self._seq = itertools.count()
-
-    def add(self, example: Example) -> None:
-        """Offer one example; it is kept only if it ranks among the k of either list."""
-        conf = float(example.confidence)
-        if not math.isfinite(conf):
-            raise ValueError(f"confidence must be finite, got {example.confidence!r}")
-        seq = next(self._seq)
-        self.seen += 1
-        if example.is_error:
-            self.errors_seen += 1
-            self._offer(self._errors, self.k_misclassified, conf, -seq, example)
-        self._offer(self._unsure, self.k_least_confident, -conf, -seq, example)
-
-    @staticmethod
-    def _offer(heap: list, k: int, key: float, neg_seq: int, example: Example) -> None:
-        # The heap root is the worst kept entry (on a tie, the newest one). A newcomer is newer
-        # than everything kept, so it must beat the root outright to get in.
-        if k == 0 or (len(heap) == k and (key, neg_seq) <= heap[0][:2]):
-            return
-        # Copy only what we keep: the image may be a view into a large batch array, and holding
-        # the view would keep the whole batch alive.
-        entry = (key, neg_seq, dataclasses.replace(example, image=np.array(example.image)))
-        if len(heap) < k:
-            heapq.heappush(heap, entry)
-        else:
-            heapq.heapreplace(heap, entry)
-
-    @staticmethod
-    def _best_first(heap: list) -> list[Example]:
-        return [e for _, _, e in sorted(heap, key=lambda t: (-t[0], -t[1]))]
-
-    @property
-    def misclassified(self) -> list[Example]:
-        """Kept errors, most confident first (ties: first added first)."""
-        return self._best_first(self._errors)
-
-    @property
-    def least_confident(self) -> list[Example]:
-        """Kept examples by confidence ascending (ties: first added first)."""
-        return self._best_first(self._unsure)
-
-
-def _json_default(obj):
-    """Make numpy scalars/arrays (common in run info) JSON-able; anything else becomes str."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
-
-
-def report_files(
-    metrics: dict,
-    *,
-    title: str,
-    misclassified: list[Example],
-    least_confident: list[Example],
-    extra: dict | None = None,
-) -> dict[str, bytes]:
-    """Build every report file in memory; the caller writes them (to a folder or to S3).
-
-    Returns
-    -------
-    files : dict of str -> bytes (UTF-8)
-        ``report.json``: ``{"title": title, **metrics, "run": extra or {}}``;
-        ``classification_report.txt``: :func:`classification_report_text` (digits=4);
-        ``confusion_matrix.csv``: :func:`confusion_matrix_csv`;
-        ``report.html``: self-contained page (inline CSS and PNGs, no scripts, no network).
-    """
-    run = dict(extra or {})
-    doc = {"title": title, **metrics, "run": run}
-    as_json = json.dumps(doc, indent=2, ensure_ascii=False, default=_json_default) + "\n"
-    html = render_html(
-        metrics,
-        title=title,
-        misclassified=misclassified,
-        least_confident=least_confident,
-        run=run,
-    )
-    return {
-        "report.json": as_json.encode("utf-8"),
-        "classification_report.txt": classification_report_text(metrics).encode("utf-8"),
-        "confusion_matrix.csv": confusion_matrix_csv(metrics).encode("utf-8"),
-        "report.html": html.encode("utf-8"),
-    }

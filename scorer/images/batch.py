@@ -1,4 +1,4 @@
-"""Normalise many images at once, bit for bit as scorer.images.normalize does one by one.
+"""Normalise many images at once, bit for bit as ``normalize()`` does one by one.
 
 Folders of small images (MNIST's 28x28 PNGs) are the hot path, and on a 28x28 image each of
 normalize()'s ~40 numpy calls costs more in fixed overhead than in arithmetic. So decoded
@@ -19,31 +19,25 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from scorer.images import (
+from scorer.images.decoding import PNG_SIGNATURE, open_image, to_grey
+from scorer.images.errors import BLANK_REASON, ImageError
+from scorer.images.geometry import MNIST_GEOMETRY, Geometry
+from scorer.images.normalization import WORK_SIDE, fit_digit, normalize_grey
+from scorer.images.steps import (
     FAINT_INK,
     INK_THRESHOLD,
     MIN_CONTRAST,
-    MNIST_GEOMETRY,
     SMALL_SIDE,
-    WORK_SIDE,
-    Geometry,
-    ImageError,
-    _fit,
-    _normalize_grey,
-    _open,
-    _paste,
-    _ring_index,
-    _to_grey,
-    _to_uint8,
+    paste,
+    ring_index,
+    to_uint8,
 )
 
 STACK = 256  # small images per vectorised stack: bounds memory however many are passed
 _INK_WEIGHT = 2 * SMALL_SIDE  # > any count of faint pixels along a row or column
-_BLANK = "blank image: no ink found"  # the reason normalize() gives for blank images
 
 Result = tuple[np.ndarray | None, str]
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Chunks that do not change the pixels Pillow decodes; any other (tRNS, PLTE, eXIf, ...) sends the
 # image down the full path.
 PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"pHYs", b"tEXt", b"gAMA", b"sRGB",
@@ -100,14 +94,14 @@ def normalize_many(blobs: Sequence[bytes], geometry: Geometry = MNIST_GEOMETRY) 
             _add_to_stack(stacks, (height, width), i, pixels, geometry, results)
             continue
         try:
-            im = _open(data, WORK_SIDE)
+            im = open_image(data, WORK_SIDE)
             if max(im.size) <= SMALL_SIDE and im.mode == "L":
                 pixels: bytes | np.ndarray = im.tobytes()  # the bytes np.asarray(im) reads
             else:
-                pixels = _to_grey(im)
+                pixels = to_grey(im)
                 # large images, and float ones (NaN would upset the stack), one by one
                 if max(im.size) > SMALL_SIDE or im.mode == "F" or pixels.dtype != np.float32:
-                    results[i] = (_normalize_grey(pixels, geometry), "")
+                    results[i] = (normalize_grey(pixels, geometry), "")
                     continue
         except ImageError as exc:
             results[i] = (None, str(exc))
@@ -151,18 +145,18 @@ def _normalize_stack(
     placed = np.zeros(n, bool)
     for k, ((i, _), crop) in enumerate(zip(items, crop_small_stack(stack), strict=True)):
         if crop is None:
-            results[i] = (None, _BLANK)
+            results[i] = (None, BLANK_REASON)
             continue
         try:
-            _paste(_fit(*crop, geometry), geometry, canvases[k])
+            paste(fit_digit(*crop, geometry), geometry, canvases[k])
         except ImageError as exc:
             results[i] = (None, str(exc))
             continue
         placed[k] = True
-    out, blank = _to_uint8(canvases, geometry)
+    out, blank = to_uint8(canvases, geometry)
     for k, (i, _) in enumerate(items):
         if placed[k]:
-            results[i] = (None, _BLANK) if blank[k] else (out[k], "")
+            results[i] = (None, BLANK_REASON) if blank[k] else (out[k], "")
 
 
 def crop_small_stack(stack: np.ndarray) -> list[tuple[np.ndarray, int] | None]:
@@ -174,7 +168,7 @@ def crop_small_stack(stack: np.ndarray) -> list[tuple[np.ndarray, int] | None]:
     """
     n, h, w = stack.shape
     flat = stack.reshape(n, h * w)
-    ring_at = _ring_index(h, w)
+    ring_at = ring_index(h, w)
     mid = ring_at.size // 2  # upper median, as _median takes
 
     # border level and polarity: raw extremes (no blur on small images), compared in float64

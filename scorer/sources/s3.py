@@ -1,8 +1,4 @@
-"""S3 inputs for ``scorer.sources``: prefixes, single objects and zip objects.
-
-Only imported when an ``s3://`` spec is used; boto3 itself is imported inside ``client()``.
-Configuration is boto3's own: the default credentials chain, the region from the environment,
-and ``AWS_ENDPOINT_URL`` for S3-compatible endpoints (read by boto3 >= 1.28 by itself).
+"""S3 inputs: prefixes, single objects and zip objects (boto3 only through ``scorer.s3client``).
 
 Keys are listed lazily page by page; objects are fetched by a thread pool through a bounded
 window (by count and by listed bytes), and yielded in key order, so memory stays flat.
@@ -10,17 +6,29 @@ window (by count and by listed bytes), and yielded in key order, so memory stays
 
 from __future__ import annotations
 
-import functools
 import shutil
 import tempfile
-import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from scorer import sources
-from scorer.sources import Input, SourceError, SourceStats
+from scorer.images import IMAGE_EXTENSIONS
+from scorer.s3client import client, error_code, parse_s3_url, s3_errors, s3_url
+from scorer.sources.base import (
+    ZIP_EXTENSION,
+    Input,
+    SourceError,
+    SourceStats,
+    error_input,
+    extension,
+    is_hidden,
+    label_from_parent,
+    read_capped,
+    too_large,
+    too_large_reason,
+)
+from scorer.sources.zips import iter_zip
 
 PAGE_SIZE = 1000  # ListObjectsV2 page size (the S3 maximum); tests shrink it to force pages
 MAX_WORKERS = 16
@@ -30,52 +38,13 @@ SPOOL_BYTES = 32 * 1024 * 1024  # zip objects up to this stay in memory, bigger 
 _CHUNK = 1024 * 1024
 
 
-_client_lock = threading.Lock()
-
-
-def client() -> Any:
-    """One S3 client per process: clients are thread-safe, but creating one is not (nor cheap)."""
-    with _client_lock:
-        return _make_client()
-
-
-@functools.lru_cache(maxsize=1)
-def _make_client() -> Any:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(retries={"mode": "standard"}, max_pool_connections=MAX_WORKERS + 4)
-    return boto3.client("s3", config=config)
-
-
-def reset_client() -> None:
-    """Forget the cached client (tests that change the endpoint or credentials call this)."""
-    with _client_lock:
-        _make_client.cache_clear()
-
-
-def _s3_errors() -> tuple[type[BaseException], ...]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return (BotoCoreError, ClientError, OSError)
-
-
-def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
-def _url(bucket: str, key: str) -> str:
-    return f"s3://{bucket}/{key}"
-
-
 def iter_s3_url(url: str, stats: SourceStats, *, fail_fast: bool = False) -> Iterator[Input]:
     """``s3://bucket/prefix/`` -> every object under it; ``s3://bucket/key`` -> that object.
 
     A key without a trailing slash that is not an object is tried as a folder (``key/``), as
     ``aws s3 ls`` users expect. A missing bucket or nothing under the prefix is a SourceError.
     """
-    bucket, key = sources.parse_s3_url(url)
+    bucket, key = parse_s3_url(url)
     if key and not key.endswith("/"):
         if _object_exists(bucket, key, fail_fast):
             yield from iter_s3_object(bucket, key, stats, fail_fast=fail_fast)
@@ -87,8 +56,8 @@ def iter_s3_url(url: str, stats: SourceStats, *, fail_fast: bool = False) -> Ite
 def _object_exists(bucket: str, key: str, fail_fast: bool) -> bool:
     try:
         client().head_object(Bucket=bucket, Key=key)
-    except _s3_errors() as exc:
-        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+    except s3_errors() as exc:
+        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return False
         if fail_fast:
             raise
@@ -100,13 +69,13 @@ def iter_s3_object(
     bucket: str, key: str, stats: SourceStats, *, fail_fast: bool = True
 ) -> Iterator[Input]:
     """One S3 object: an image -> one Input; a .zip -> one Input per member image."""
-    ext = sources.extension(key)
-    if ext == sources.ZIP_EXTENSION:
+    ext = extension(key)
+    if ext == ZIP_EXTENSION:
         yield from _iter_zip_object(bucket, key, stats, fail_fast)
-    elif ext in sources.IMAGE_EXTENSIONS:
+    elif ext in IMAGE_EXTENSIONS:
         yield _get_image(bucket, key, fail_fast)
     else:
-        stats.skip(_url(bucket, key))
+        stats.skip(s3_url(bucket, key))
 
 
 def _list_objects(bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
@@ -124,18 +93,18 @@ def _listing(bucket: str, prefix: str, fail_fast: bool) -> Iterator[dict[str, An
 
     A listing failure later on raises (fail_fast) or ends this spec with one error row.
     """
-    url = _url(bucket, prefix)
+    url = s3_url(bucket, prefix)
     seen_any = False
     try:
         for obj in _list_objects(bucket, prefix):
             seen_any = True
             yield obj
-    except _s3_errors() as exc:
-        if _error_code(exc) == "NoSuchBucket":
+    except s3_errors() as exc:
+        if error_code(exc) == "NoSuchBucket":
             raise SourceError(f"{url}: no such bucket") from None
         if fail_fast:
             raise
-        yield sources.error_input(url, f"S3 listing failed: {exc}")
+        yield error_input(url, f"S3 listing failed: {exc}")
         return
     if not seen_any:
         raise SourceError(f"{url}: no objects under this prefix")
@@ -143,7 +112,7 @@ def _listing(bucket: str, prefix: str, fail_fast: bool) -> Iterator[dict[str, An
 
 def _skip_silently(key: str, prefix: str) -> bool:
     """Folder markers ("x/", made by the console) and hidden entries below the prefix."""
-    return key.endswith("/") or any(map(sources.is_hidden, key[len(prefix) :].split("/")))
+    return key.endswith("/") or any(map(is_hidden, key[len(prefix) :].split("/")))
 
 
 def _iter_prefix(bucket: str, prefix: str, stats: SourceStats, fail_fast: bool) -> Iterator[Input]:
@@ -159,17 +128,17 @@ def _iter_prefix(bucket: str, prefix: str, stats: SourceStats, fail_fast: bool) 
             key, size = obj["Key"], int(obj.get("Size", 0))
             if _skip_silently(key, prefix):
                 continue
-            ext = sources.extension(key)
-            if ext == sources.ZIP_EXTENSION:
+            ext = extension(key)
+            if ext == ZIP_EXTENSION:
                 # One zip at a time, in order: drain first so zips never pile up in memory.
                 while window:
                     yield _result(window.popleft()[1])
                 window_bytes = 0
                 yield from _iter_zip_object(bucket, key, stats, fail_fast)
-            elif ext not in sources.IMAGE_EXTENSIONS:
-                stats.skip(_url(bucket, key))
-            elif size > sources.MAX_FILE_BYTES:
-                window.append((0, _too_large(bucket, key, size)))
+            elif ext not in IMAGE_EXTENSIONS:
+                stats.skip(s3_url(bucket, key))
+            elif too_large(size):
+                window.append((0, _too_large_row(bucket, key, size)))
             else:
                 window.append((size, pool.submit(_get_image, bucket, key, fail_fast)))
                 window_bytes += size
@@ -188,37 +157,37 @@ def _result(item: Future[Input] | Input) -> Input:
     return item if isinstance(item, Input) else item.result()
 
 
-def _too_large(bucket: str, key: str, size: int) -> Input:
-    name = _url(bucket, key)
-    return sources.error_input(name, sources.too_large_reason(size), sources.label_from_parent(key))
+def _too_large_row(bucket: str, key: str, size: int) -> Input:
+    name = s3_url(bucket, key)
+    return error_input(name, too_large_reason(size), label_from_parent(key))
 
 
 def _get_image(bucket: str, key: str, fail_fast: bool) -> Input:
     """GET one image object (runs in worker threads); S3 errors raise or become an error row."""
-    name = _url(bucket, key)
-    label = sources.label_from_parent(key)
+    name = s3_url(bucket, key)
+    label = label_from_parent(key)
     try:
         response = client().get_object(Bucket=bucket, Key=key)
         body = response["Body"]
         try:
             size = int(response.get("ContentLength", 0))
-            if size > sources.MAX_FILE_BYTES:
-                return _too_large(bucket, key, size)
-            data = sources.read_capped(body, expected=size)
+            if too_large(size):
+                return _too_large_row(bucket, key, size)
+            data = read_capped(body, expected=size)
         finally:
             body.close()
-    except _s3_errors() as exc:
+    except s3_errors() as exc:
         if fail_fast:
             raise
-        return sources.error_input(name, f"S3 GET failed: {exc}", label)
-    if len(data) > sources.MAX_FILE_BYTES:
-        return _too_large(bucket, key, len(data))
+        return error_input(name, f"S3 GET failed: {exc}", label)
+    if too_large(len(data)):
+        return _too_large_row(bucket, key, len(data))
     return Input(name=name, data=data, error=None, label=label)
 
 
 def _iter_zip_object(bucket: str, key: str, stats: SourceStats, fail_fast: bool) -> Iterator[Input]:
     """Download a zip object to a spooled temp file (memory, then /tmp) and expand it."""
-    name = _url(bucket, key)
+    name = s3_url(bucket, key)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
         try:
             body = client().get_object(Bucket=bucket, Key=key)["Body"]
@@ -226,10 +195,11 @@ def _iter_zip_object(bucket: str, key: str, stats: SourceStats, fail_fast: bool)
                 shutil.copyfileobj(body, spool, _CHUNK)
             finally:
                 body.close()
-        except _s3_errors() as exc:
+        except s3_errors() as exc:
             if fail_fast:
                 raise
-            yield sources.error_input(name, f"S3 GET failed: {exc}")
+            yield error_input(name, f"S3 GET failed: {exc}")
             return
         spool.seek(0)
-        yield from sources.iter_zip(spool, name, stats)  # type: ignore[arg-type]
+        yield from iter_zip(spool, name, stats)  # type: ignore[arg-type]
+

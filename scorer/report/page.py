@@ -12,13 +12,11 @@ import base64
 import io
 import json
 from html import escape
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:  # runtime import would be circular: scorer.report imports this module
-    from scorer.report import Example
+from scorer.report.examples import Example
 
 #: Thumbnails are scaled by an integer factor to at most this many pixels a side.
 THUMB_PX = 64
@@ -204,12 +202,12 @@ def render_html(
     """The whole page as a str (metrics as returned by :func:`scorer.report.compute_metrics`)."""
     labels = metrics["labels"]
     n, acc = metrics["samples"], metrics["accuracy"]
-    errors = n - int(np.trace(np.asarray(metrics["confusion_matrix"]).reshape(len(labels), -1)))
-    cards = [
-        ("samples", f"{n:,}"),
+    wrong = n - int(np.trace(np.asarray(metrics["confusion_matrix"]).reshape(len(labels), -1)))
+    cards = [  # "misclassified", not "errors": status=error in the CSV means unreadable input
+        ("labelled images", f"{n:,}"),
         ("accuracy", f"{acc:.2%}"),
         ("macro F1", f"{metrics['macro avg']['f1-score']:.4f}"),
-        ("errors", f"{errors:,}"),
+        ("misclassified", f"{wrong:,}"),
     ]
     card_html = "".join(f'<div class="card"><span>{k}</span><b>{v}</b></div>' for k, v in cards)
     run_html = f"<h2>Run</h2><section>{_kv_table(run)}</section>" if run else ""
@@ -232,7 +230,7 @@ def render_html(
 <section>{_confusion_table(metrics)}</section>
 <h2>Per-class metrics</h2>
 <section>{_metrics_table(metrics)}</section>
-<h2>Misclassified <span class="muted">({len(misclassified)} of {errors:,} shown)</span></h2>
+<h2>Misclassified <span class="muted">({len(misclassified)} of {wrong:,} shown)</span></h2>
 <section>{_grid(misclassified, labels, "No misclassified examples.")}</section>
 <h2>Least confident <span class="muted">({len(least_confident)} lowest-confidence
  predictions)</span></h2>

@@ -1,179 +1,28 @@
-"""Turn arbitrary user images of one handwritten digit into model-ready arrays.
+"""The normalisation steps, each a pure function over float32 (H, W) arrays.
 
-Pure functions over numpy + Pillow (no TensorFlow/SciPy: this runs in the light scorer).
-The pipeline mirrors how MNIST was made: find the ink, scale it so its longest side is
-``digit_box`` px, and place it on the canvas by its centre of mass (or bounding box).
-All intermediate images are float32 (H, W) arrays; "light ink" means ink > background.
+They mirror how MNIST was made: find the ink, scale it so its longest side is ``digit_box`` px,
+and place it on the canvas by its centre of mass (or bounding box). "Light ink" means ink >
+background. ``scorer.images.normalization`` calls them in order; ``scorer.images.batch`` runs the
+small-image ones over whole stacks, bit for bit the same.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import math
-import re
-import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-MAX_IMAGE_PIXELS = 40_000_000  # checked from the header, before any pixel is decoded
-WORK_SIDE = 512  # larger photos are reduced first: the digit ends up ~20 px anyway
+from scorer.images.errors import BlankImageError
+from scorer.images.geometry import MNIST_GEOMETRY, Geometry
+
 SMALL_SIDE = 64  # images up to this size skip denoising and lighting correction (speed)
 INK_THRESHOLD = 64.0  # after stretching ink to 255, blurred pixels above this count as ink
 MIN_CONTRAST = 10.0  # ink must stand this many grey levels above the noise floor
 FAINT_INK = 8.0  # faint antialiased rim kept around the ink of small images
 MIN_STROKE = 0.09  # thinnest stroke kept, as a fraction of the digit's longest side (MNIST ~0.13)
 _RESIZE = Image.Resampling
-
-
-class ImageError(ValueError):
-    """An input that cannot be scored; str(err) is a one-line human reason (no newlines)."""
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where and how big the digit goes on the model's input canvas."""
-
-    height: int = 28
-    width: int = 28
-    digit_box: int = 20
-    centering: str = "mass"
-    supersample: int = 1
-    ink: str = "light"
-
-    def __post_init__(self) -> None:
-        for name in ("height", "width", "digit_box", "supersample"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"geometry {name} must be a positive integer, got {value!r}")
-        if self.centering not in ("mass", "box"):
-            raise ValueError(f"geometry centering must be 'mass' or 'box', got {self.centering!r}")
-        if self.ink not in ("light", "dark"):
-            raise ValueError(f"geometry ink must be 'light' or 'dark', got {self.ink!r}")
-        if self.digit_box > min(self.height, self.width) * self.supersample:
-            raise ValueError("geometry digit_box must fit in the (supersampled) canvas")
-
-    def to_manifest(self) -> dict:
-        """Plain JSON-able dict of the fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_manifest(cls, d: dict) -> Geometry:
-        """Inverse of to_manifest; unknown keys are ignored, bad values raise ValueError."""
-        if not isinstance(d, dict):
-            raise ValueError(f"geometry manifest must be a dict, got {type(d).__name__}")
-        kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d}
-        for name, value in kwargs.items():  # JSON writers may emit 28.0 for 28
-            if isinstance(value, float) and value.is_integer():
-                kwargs[name] = int(value)
-        return cls(**kwargs)
-
-
-MNIST_GEOMETRY = Geometry()
-DIGITS_8X8_GEOMETRY = Geometry(height=8, width=8, digit_box=32, centering="box", supersample=4)
-
-
-# ---------------------------------------------------------------- decoding
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f..>"
-
-
-def _reason(exc: Exception) -> str:
-    """One-line reason for a Pillow failure, without memory addresses of Python objects."""
-    if isinstance(exc, UnidentifiedImageError):
-        return "unknown or unsupported image format"
-    text = _OBJECT_REPR.sub("", " ".join(str(exc).split())).strip()
-    return text or type(exc).__name__
-
-
-def _open_png(data: bytes) -> Image.Image | None:
-    """PNG bytes -> lazily opened image, or None if the PNG reader rejects them.
-
-    Only the PNG reader accepts this signature before Image.open would try it, so this accepts
-    the same files while skipping Image.open's format loop and warnings set-up (~15 us per
-    28x28 PNG). Pillow's own pixel limit is not checked here: ours is lower and follows.
-    """
-    try:
-        return PngImagePlugin.PngImageFile(io.BytesIO(data))
-    except Exception:  # Image.open tries every format and words the error
-        return None
-
-
-def _load(im: Image.Image, max_side: int | None) -> Image.Image:
-    """Opened image -> loaded, after the pixel limit (from the header) and the JPEG draft."""
-    w, h = im.size
-    if w * h > MAX_IMAGE_PIXELS:
-        raise ImageError(f"image too large: {w}x{h} pixels (limit {MAX_IMAGE_PIXELS})")
-    if max_side and im.format == "JPEG" and max(w, h) > 2 * max_side:
-        im.draft(None, (w * max_side // max(w, h), h * max_side // max(w, h)))
-    im.load()
-    return im
-
-
-def _open(data: bytes, max_side: int | None = None) -> Image.Image:
-    """Bytes -> loaded, upright first frame; JPEGs may be decoded at reduced size (draft)."""
-    if not isinstance(data, bytes | bytearray | memoryview) or len(data) == 0:
-        raise ImageError("empty input: no image data")
-    try:
-        im = _open_png(data) if data[:8] == _PNG_SIGNATURE else None
-        if im is not None:
-            im = _load(im, max_side)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = _load(Image.open(io.BytesIO(data)), max_side)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image too large (decompression bomb): {_reason(exc)}") from exc
-    except Exception as exc:  # Pillow's plugins raise many types for malformed input
-        raise ImageError(f"not a readable image: {_reason(exc)}") from exc
-    if im.format in ("JPEG", "MPO", "TIFF", "WEBP") or "exif" in im.info:
-        im = ImageOps.exif_transpose(im)  # phones store rotated pixels plus a tag
-    return im
-
-
-def _to_grey(im: Image.Image) -> np.ndarray:
-    """PIL image of any mode -> float32 (H, W) in [0, 255]; alpha composited on white."""
-    mode = im.mode
-    if mode == "L":
-        return np.asarray(im, dtype=np.float32)
-    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float greyscale
-        grey = np.asarray(im, dtype=np.float32)
-        if grey.ndim != 2:
-            grey = np.asarray(im.convert("F"), dtype=np.float32)
-        top = float(grey.max(initial=0.0))
-        if mode == "F" and top <= 1.0:
-            grey = grey * 255.0  # floats in [0, 1]
-        elif top > 255.0:
-            grey = grey * (255.0 / (65535.0 if top <= 65535.0 else top))
-        return np.clip(grey, 0.0, 255.0)
-    if "A" in mode or "a" in mode or "transparency" in im.info:
-        la = np.asarray(im.convert("RGBA").convert("LA"), dtype=np.float32)
-        alpha = la[..., 1] / 255.0
-        return la[..., 0] * alpha + 255.0 * (1.0 - alpha)
-    if mode not in ("1", "P", "RGB", "CMYK"):
-        im = im.convert("RGB")  # YCbCr, LAB, HSV, ...
-    return np.asarray(im.convert("L"), dtype=np.float32)
-
-
-def decode(data: bytes) -> np.ndarray:
-    """Bytes of any supported image -> float32 greyscale (H, W) in [0, 255], polarity as stored.
-
-    First frame of GIF/TIFF, EXIF orientation applied, alpha composited on white.
-    Raises ImageError for empty, corrupt, non-image or oversized (bomb) data.
-    """
-    return _to_grey(_open(data))
-
-
-# ---------------------------------------------------------------- steps
-
 
 def _blur(grey: np.ndarray) -> np.ndarray:
     """float32 (H, W) -> same; binomial [1,4,6,4,1]/16 blur (sigma ~1) to tame speckle."""
@@ -184,7 +33,7 @@ def _blur(grey: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _ring_index(h: int, w: int) -> np.ndarray:
+def ring_index(h: int, w: int) -> np.ndarray:
     """Flat indices of the outermost ring of an (h, w) image (cached: shapes repeat)."""
     idx = np.arange(h * w).reshape(h, w)
     return np.concatenate([idx[0], idx[-1], idx[1:-1, 0], idx[1:-1, -1]]) if h > 1 else idx[0]
@@ -192,7 +41,7 @@ def _ring_index(h: int, w: int) -> np.ndarray:
 
 def _ring(grey: np.ndarray) -> np.ndarray:
     """float (H, W) -> 1-D array of the outermost ring of pixels."""
-    return grey.take(_ring_index(*grey.shape))
+    return grey.take(ring_index(*grey.shape))
 
 
 def _median(values: np.ndarray) -> float:
@@ -267,7 +116,7 @@ def stretch_contrast(grey: np.ndarray) -> np.ndarray:
     small = max(grey.shape) <= SMALL_SIDE
     top = float(grey.max() if small else _blur(grey).max())
     if top - floor < MIN_CONTRAST:
-        raise ImageError("blank image: no ink found")
+        raise BlankImageError()
     if floor == 0.0 and top == 255.0:
         return np.maximum(grey, 0.0)
     out = (grey - floor) * np.float32(255.0 / (top - floor))
@@ -278,7 +127,7 @@ def _span(profile: np.ndarray, threshold: float) -> tuple[int, int]:
     """1-D profile -> half-open (start, stop) of the entries above threshold."""
     on = (profile > threshold).nonzero()[0]
     if on.size == 0:
-        raise ImageError("blank image: no ink found")
+        raise BlankImageError()
     return int(on[0]), int(on[-1]) + 1
 
 
@@ -288,7 +137,7 @@ def crop_with_extent(grey: np.ndarray, threshold: float = INK_THRESHOLD):
     Large images are thresholded after a light blur, so isolated specks do not count.
     Small ones are not blurred; their crop grows by up to 1 px to take in a faint
     antialiased rim (> FAINT_INK) that is not counted in the extent, so an already
-    normalised digit keeps its size and centre of mass. Raises ImageError if there is no ink.
+    normalised digit keeps its size and centre of mass. Raises BlankImageError if there is no ink.
     """
     small = max(grey.shape) <= SMALL_SIDE
     probe = grey if small else _blur(grey)
@@ -308,7 +157,7 @@ def crop_to_ink(grey: np.ndarray, threshold: float = INK_THRESHOLD) -> np.ndarra
     return crop_with_extent(grey, threshold)[0]
 
 
-def _dilate(grey: np.ndarray, steps: int) -> np.ndarray:
+def dilate(grey: np.ndarray, steps: int) -> np.ndarray:
     """float32 (H, W) -> (H + 2 steps, W + 2 steps), grey-level dilation by ``steps`` px."""
     out = np.pad(grey, steps)
     for i in range(steps):
@@ -337,7 +186,7 @@ def thicken_strokes(grey: np.ndarray, min_fraction: float = MIN_STROKE) -> np.nd
     if need < 1.0:
         return grey
     steps = int(round(need / 2))
-    return _dilate(grey, steps) if steps else grey
+    return dilate(grey, steps) if steps else grey
 
 
 def fit_box(grey: np.ndarray, box: int, extent: int | None = None) -> np.ndarray:
@@ -371,10 +220,10 @@ def place(grey: np.ndarray, geometry: Geometry = MNIST_GEOMETRY) -> np.ndarray:
     centre; with supersample s it is placed on an s-times canvas, then s x s blocks averaged.
     """
     canvas = np.zeros((geometry.height, geometry.width), np.float32)
-    _paste(grey, geometry, canvas)
+    paste(grey, geometry, canvas)
     peak = float(canvas.max())
     if peak <= 0:
-        raise ImageError("blank image: no ink found")
+        raise BlankImageError()
     if peak != 255.0:  # resizing and averaging dim the peak; MNIST's is 255
         canvas *= np.float32(255.0 / peak)
     canvas += np.float32(0.5)  # round half up
@@ -382,7 +231,7 @@ def place(grey: np.ndarray, geometry: Geometry = MNIST_GEOMETRY) -> np.ndarray:
     return 255 - out if geometry.ink == "dark" else out
 
 
-def _paste(grey: np.ndarray, geometry: Geometry, out: np.ndarray) -> None:
+def paste(grey: np.ndarray, geometry: Geometry, out: np.ndarray) -> None:
     """Paste float (h, w) digit into zeroed float32 ``out`` (geometry.height, geometry.width)
     as place() positions it (first half of place)."""
     s = geometry.supersample
@@ -404,7 +253,7 @@ def _paste(grey: np.ndarray, geometry: Geometry, out: np.ndarray) -> None:
         out[...] = canvas.reshape(geometry.height, s, geometry.width, s).mean((1, 3))
 
 
-def _to_uint8(canvases: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+def to_uint8(canvases: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """The end of place() for a stack: pasted float32 (n, height, width), overwritten ->
     (uint8 (n, height, width), bool (n,) blank: place() would raise). The same arithmetic
     (a scale of exactly 1 where the peak is already 255 changes nothing)."""
@@ -415,59 +264,3 @@ def _to_uint8(canvases: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.
     out = canvases.astype(np.uint8)
     return (255 - out if geometry.ink == "dark" else out), blank
 
-
-# ---------------------------------------------------------------- pipeline
-
-
-def normalize(data: bytes, geometry: Geometry = MNIST_GEOMETRY) -> np.ndarray:
-    """Bytes -> uint8 (geometry.height, geometry.width), light ink on dark, ready for the model.
-
-    Raises ImageError for unreadable, oversized or blank images.
-    """
-    return _normalize_grey(_to_grey(_open(data, WORK_SIDE)), geometry)
-
-
-def normalize_many(
-    blobs: Sequence[bytes], geometry: Geometry = MNIST_GEOMETRY
-) -> list[tuple[np.ndarray | None, str]]:
-    """Normalise many images at once: (uint8 (h, w), "") or (None, one-line reason) per blob,
-    in order.
-
-    Results are identical to calling normalize() on each (bit for bit); small images of the
-    same size are processed together with vectorised numpy over a (n, H, W) stack, others one
-    by one (see scorer.images_batch). Exceptions other than ImageError propagate, as they do
-    from normalize().
-    """
-    from scorer.images_batch import normalize_many as batch  # it imports this module
-
-    return batch(blobs, geometry)
-
-
-def _normalize_grey(grey: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Decoded float32 (H, W) as stored -> model input (normalize() after decoding)."""
-    if max(grey.shape) > WORK_SIDE:  # cheap antialiased reduction for big photos
-        factor = -(-max(grey.shape) // WORK_SIDE)
-        grey = np.asarray(Image.fromarray(grey).reduce(factor), dtype=np.float32)
-    bg = border_level(grey)
-    dark = ink_is_dark(grey, bg)
-    if dark:
-        grey, bg = 255.0 - grey, 255.0 - bg
-    grey = flatten_background(grey, paper=dark, background=bg)
-    return _finish(*crop_with_extent(stretch_contrast(grey)), geometry)
-
-
-def _finish(grey: np.ndarray, extent: int, geometry: Geometry) -> np.ndarray:
-    """Ink crop float32 (h, w) and its extent -> model input: thicken, resize, place."""
-    return place(_fit(grey, extent, geometry), geometry)
-
-
-def _fit(grey: np.ndarray, extent: int, geometry: Geometry) -> np.ndarray:
-    """Ink crop float32 (h, w) and its extent -> float32 digit thickened and resized."""
-    box = geometry.digit_box
-    if extent > 4 * box:  # reduce in two stages so thin lines survive thickening
-        grey = fit_box(grey, 4 * box)
-        grey, extent = grey * (255.0 / max(float(grey.max()), 1e-6)), max(grey.shape)
-    if extent > box:
-        thick = thicken_strokes(grey)
-        grey, extent = thick, extent + thick.shape[0] - grey.shape[0]
-    return fit_box(grey, box, extent)

@@ -1,0 +1,72 @@
+"""Read a bundle folder and verify every file against its manifest before anything runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from scorer.bundle.classifier import Classifier
+from scorer.bundle.manifest import MODEL_FILES, BundleError, Manifest
+from scorer.files import sha256_bytes, sha256_file
+from scorer.images import Geometry
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+    model_file: str
+
+    @property
+    def geometry(self) -> Geometry:
+        return self.manifest.geometry
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest.classes)
+
+    def model_bytes(self) -> bytes:
+        """The model file, checked again: the bytes run are the bytes checked, even if the file
+        changed since load_bundle."""
+        data = (self.path / self.model_file).read_bytes()
+        if sha256_bytes(data) != self.manifest.files[self.model_file].sha256:
+            raise BundleError(f"{self.path / self.model_file}: SHA-256 does not match the "
+                              "manifest; refusing to load it")
+        return data
+
+    def classifier(self, num_threads: int | None = None) -> Classifier:
+        return Classifier(self.model_bytes(), num_threads=num_threads)
+
+
+def load_bundle(path: str | Path, variant: str = "int8") -> Bundle:
+    """Read and verify a bundle folder. Every file the manifest lists and the folder holds must
+    match its SHA-256; the chosen model file must be there (others, such as model.keras, may be
+    left out of a deployment package)."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    model_file = manifest.models.get(variant) or MODEL_FILES.get(variant)
+    if model_file is None:
+        raise BundleError(f"unknown model variant {variant!r}: choose int8 or float32")
+    if model_file not in manifest.files:
+        raise BundleError(f"{folder}: manifest lists no {model_file}")
+    if not (folder / model_file).is_file():
+        raise BundleError(f"{folder}: {model_file} is missing")
+    for name, entry in manifest.files.items():
+        file = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{folder}: manifest names a file outside the bundle: {name}")
+        if file.is_file() and sha256_file(file) != entry.sha256:
+            raise BundleError(f"{file}: SHA-256 does not match the manifest; refusing to load it")
+    return Bundle(folder, manifest, model_file)
+
+
+def read_manifest(folder: Path) -> Manifest:
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise BundleError(f"{folder}: no manifest.json (train a model first: make train)")
+    try:
+        doc = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BundleError(f"{manifest_path}: not valid JSON ({err})") from err
+    return Manifest.from_dict(doc, str(manifest_path))

@@ -1,0 +1,25 @@
+"""Evaluation reports: metrics, scikit-learn-compatible text, CSV, JSON and a static HTML page.
+
+``metrics`` (numbers and text), ``examples`` (which images to show), ``page`` (report.html),
+``build`` (every file in memory; the caller writes them to a folder or to S3).
+"""
+
+from scorer.report.build import report_files
+from scorer.report.examples import DEFAULT_K, Example, ExampleCollector
+from scorer.report.metrics import (
+    classification_report_text,
+    compute_metrics,
+    confusion_matrix,
+    confusion_matrix_csv,
+)
+
+__all__ = [
+    "DEFAULT_K",
+    "Example",
+    "ExampleCollector",
+    "classification_report_text",
+    "compute_metrics",
+    "confusion_matrix",
+    "confusion_matrix_csv",
+    "report_files",
+]

@@ -1,0 +1,56 @@
+"""Every report file, built in memory: JSON, scikit-learn text, confusion CSV and the page."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from scorer.report.examples import Example
+from scorer.report.metrics import classification_report_text, confusion_matrix_csv
+from scorer.report.page import render_html
+
+
+def _json_default(obj):
+    """Make numpy scalars/arrays (common in run info) JSON-able; anything else becomes str."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def report_files(
+    metrics: dict,
+    *,
+    title: str,
+    misclassified: list[Example],
+    least_confident: list[Example],
+    extra: dict | None = None,
+) -> dict[str, bytes]:
+    """Build every report file in memory; the caller writes them (to a folder or to S3).
+
+    Returns
+    -------
+    files : dict of str -> bytes (UTF-8)
+        ``report.json``: ``{"title": title, **metrics, "run": extra or {}}``;
+        ``classification_report.txt``: :func:`classification_report_text` (digits=4);
+        ``confusion_matrix.csv``: :func:`confusion_matrix_csv`;
+        ``report.html``: self-contained page (inline CSS and PNGs, no scripts, no network).
+    """
+    run = dict(extra or {})
+    doc = {"title": title, **metrics, "run": run}
+    as_json = json.dumps(doc, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    html = render_html(
+        metrics,
+        title=title,
+        misclassified=misclassified,
+        least_confident=least_confident,
+        run=run,
+    )
+    return {
+        "report.json": as_json.encode("utf-8"),
+        "classification_report.txt": classification_report_text(metrics).encode("utf-8"),
+        "confusion_matrix.csv": confusion_matrix_csv(metrics).encode("utf-8"),
+        "report.html": html.encode("utf-8"),
+    }

@@ -1,0 +1,59 @@
+"""True labels from a `source,label` CSV, matched to inputs by their exact source text.
+
+Labels given this way override the folder names (``3/x.png``); the matcher remembers which
+entries matched an input, so the run can say how many matched nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+
+from scorer.sources.base import Input, SourceError
+
+
+class LabelsError(SourceError):
+    """A labels CSV that cannot be used (missing columns, unknown label, unreadable file)."""
+
+
+def read_labels_csv(path: str, classes: list[str]) -> dict[str, int]:
+    """`source,label` rows -> {source: class index}. Raises LabelsError for a bad file."""
+    index = {name: i for i, name in enumerate(classes)}
+    labels: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"source", "label"} <= set(reader.fieldnames):
+                raise LabelsError("needs a header with 'source' and 'label' columns")
+            for line, entry in enumerate(reader, start=2):
+                label = (entry["label"] or "").strip()
+                if label not in index:
+                    raise LabelsError(f"line {line}: label {label!r} is not one of "
+                                      f"{', '.join(classes)}")
+                labels[entry["source"]] = index[label]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise LabelsError(str(err)) from err
+    return labels
+
+
+class LabelMatcher:
+    """Applies {source: class index} to a stream of inputs and counts what matched nothing."""
+
+    def __init__(self, labels: dict[str, int]):
+        self.labels = labels
+        self.matched: set[str] = set()
+
+    def apply(self, inputs: Iterable[Input]) -> Iterator[Input]:
+        for item in inputs:
+            label = self.labels.get(item.name)
+            if label is None:
+                yield item
+            else:
+                self.matched.add(item.name)
+                yield replace(item, label=label)
+
+    @property
+    def unmatched(self) -> int:
+        """Entries of the labels file that matched no input (so far)."""
+        return len(self.labels) - len(self.matched)
