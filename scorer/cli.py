@@ -30,9 +30,12 @@ def check_out(out: str) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
-               epilog="Exit codes: 0 every image scored; 3 some inputs failed (their rows say "
-                      "why); 2 usage error (bad option, missing source, missing or corrupt model "
-                      "bundle, hash mismatch).")
+               epilog="Row status: ok; review (below --min-confidence, prediction kept); blank "
+                      "(no ink: a result, not a failure); error (unreadable; the error column "
+                      "says why). Exit codes: 0 every input read (blanks and reviews included); "
+                      "3 some inputs could not be read; 2 usage error (bad option, missing "
+                      "source, missing or corrupt model bundle, hash mismatch). "
+                      "Details: docs/output.md.")
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--model", "model_dir", default="artifacts",
               help="Model bundle folder written by digits-train.")
@@ -50,15 +53,20 @@ def check_out(out: str) -> None:
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=256,
               help="Most images per model invocation (at most 64 in worker processes).")
 @click.option("--probabilities", is_flag=True, help="Add p0..p9 columns.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+              help="Predictions below this confidence get status=review (they keep the "
+              "prediction), for a person to check. The report's accuracy-against-coverage table "
+              "helps choose it.  [default: off]")
 @click.version_option(__version__, prog_name="digits-score")
 def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batch_size,
-         probabilities) -> None:
+         probabilities, min_confidence) -> None:
     """Classify digit images in SOURCES (image files, folders, .zip archives, s3://bucket/prefix/
     or s3://bucket/archive.zip) and write one CSV row per image:
     source,prediction,confidence,status,error[,label][,p0..p9].
 
     Images of any style are normalised the way MNIST was (ink polarity, contrast, crop, 20 px box,
-    centre of mass). Broken files become rows with status=error; the run goes on."""
+    centre of mass). Images without ink are status=blank; broken files become rows with
+    status=error; the run goes on."""
     from scorer.bundle import BundleError, load_bundle
     from scorer.sources import LabelMatcher, SourceError, SourceStats, check_specs, iter_inputs
 
@@ -72,12 +80,13 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     stats = SourceStats()
     inputs = matcher.apply(iter_inputs(sources, stats, defer_reads=True))
     try:
-        tally = score_to_outputs(inputs, bundle, out, report_dir, workers, batch_size,
-                                 probabilities)
+        tally = score_to_outputs(inputs, bundle, out, report_dir, workers=workers,
+                                 batch_size=batch_size, probabilities=probabilities,
+                                 min_confidence=min_confidence)
     except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
         raise click.UsageError(str(err)) from err  # listing starts; a model TFLite cannot load
     click.echo(tally.summary_line(stats.skipped), err=True)
-    if tally.scored + tally.failed == 0:
+    if tally.total == 0:
         click.echo("warning: the sources hold no images (png jpg jpeg bmp gif tif tiff webp, "
                    "or zips of them)", err=True)
     if matcher.unmatched:
@@ -101,11 +110,10 @@ def progress_bar(rows):
     return tqdm(rows, unit="img", file=sys.stderr, leave=False)
 
 
-def score_to_outputs(inputs, bundle, out, report_dir, workers, batch_size, probabilities):
+def score_to_outputs(inputs, bundle, out, report_dir, **options):
     from scorer.job import run_job
 
-    tally = run_job(inputs, bundle, out, report_dir, workers=workers, batch_size=batch_size,
-                    probabilities=probabilities,
+    tally = run_job(inputs, bundle, out, report_dir, **options,
                     progress=progress_bar if sys.stderr.isatty() else None)
     if report_dir and not tally.labelled:
         click.echo("warning: no labelled images were scored, so no report was written "

@@ -56,8 +56,8 @@ def handler(event: dict, context) -> dict:
     if "source" in event and str(event["source"]).startswith("s3://"):
         out, tally = s3_jobs.score_prefix(event["source"], *bundle_and_config())
         record_metrics(tally)
-        return {"output": out, "scored": tally.scored, "failed": tally.failed,
-                "accuracy": tally.accuracy}
+        return {"output": out, "scored": tally.scored, "review": tally.review,
+                "blank": tally.blank, "failed": tally.failed, "accuracy": tally.accuracy}
     return {"outputs": [score(bucket, key) for bucket, key in notified_objects(event)]}
 
 
@@ -90,12 +90,15 @@ def score(bucket: str, key: str) -> str | None:
     out, tally = s3_jobs.score_object(bucket, key, bundle, config)
     record_metrics(tally)
     logger.info("scored object", extra={"bucket": bucket, "key": key, "output": out,
-                                         "scored": tally.scored, "failed": tally.failed})
+                                         "scored": tally.scored, "review": tally.review,
+                                         "blank": tally.blank, "failed": tally.failed})
     return out
 
 
 def record_metrics(tally) -> None:
     metrics.add_metric(name="ImagesScored", unit=MetricUnit.Count, value=tally.scored)
+    metrics.add_metric(name="ImagesForReview", unit=MetricUnit.Count, value=tally.review)
+    metrics.add_metric(name="BlankImages", unit=MetricUnit.Count, value=tally.blank)
     metrics.add_metric(name="ImageErrors", unit=MetricUnit.Count, value=tally.failed)
     metrics.add_metric(name="ScoringLatency", unit=MetricUnit.Milliseconds,
                        value=round(1000 * tally.seconds, 1))

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from scorer import report
 from scorer.bundle import Bundle
 from scorer.outputs import PredictionsCsv, write_report
-from scorer.pipeline import STATUS_OK, Row, score
+from scorer.pipeline import STATUS_BLANK, STATUS_ERROR, STATUS_REVIEW, Row, score
 from scorer.sources import Input
 
 EXIT_OK = 0
@@ -26,7 +26,9 @@ class Tally:
     """Counts for the summary line and the exit code, and the labelled predictions for the
     report. `finish()` stops the clock, so the report and the summary quote the same speed."""
 
-    scored: int = 0
+    scored: int = 0  # rows with a prediction: status ok or review
+    review: int = 0  # of those, below the confidence threshold
+    blank: int = 0
     failed: int = 0
     labelled: int = 0
     correct: int = 0
@@ -34,17 +36,27 @@ class Tally:
     ended: float | None = None
     y_true: list[int] = field(default_factory=list, repr=False)
     y_pred: list[int] = field(default_factory=list, repr=False)
+    confidence: list[float] = field(default_factory=list, repr=False)
 
     def add(self, row: Row) -> None:
-        if row.status != STATUS_OK:
+        if row.status == STATUS_ERROR:
             self.failed += 1
             return
+        if row.status == STATUS_BLANK:
+            self.blank += 1
+            return
         self.scored += 1
+        self.review += row.status == STATUS_REVIEW
         if row.label is not None:
             self.labelled += 1
             self.correct += row.label == row.prediction
             self.y_true.append(row.label)
             self.y_pred.append(row.prediction)
+            self.confidence.append(row.confidence)
+
+    @property
+    def total(self) -> int:
+        return self.scored + self.blank + self.failed
 
     def finish(self) -> None:
         self.ended = time.perf_counter()
@@ -56,7 +68,7 @@ class Tally:
 
     @property
     def rate(self) -> float:
-        return (self.scored + self.failed) / self.seconds
+        return self.total / self.seconds
 
     @property
     def accuracy(self) -> float | None:
@@ -64,12 +76,14 @@ class Tally:
 
     @property
     def exit_code(self) -> int:
-        """0 when every input was scored, 3 when some could not be (their rows say why)."""
+        """3 when some input could not be read (their rows say why), else 0: blanks and rows
+        for review are results, not failures."""
         return EXIT_SOME_FAILED if self.failed else EXIT_OK
 
     def summary_line(self, skipped: int) -> str:
         """One line for people: counts, speed and, with labels, accuracy."""
-        parts = [f"scored {self.scored}", f"failed {self.failed}",
+        scored = f"scored {self.scored}" + (f" ({self.review} for review)" if self.review else "")
+        parts = [scored, f"blank {self.blank}", f"failed {self.failed}",
                  f"skipped {skipped} (not images)", f"{self.rate:,.0f} images/s"]
         if self.labelled:
             parts.append(f"accuracy {self.correct / self.labelled:.2%} on {self.labelled} "
@@ -79,21 +93,23 @@ class Tally:
 
 def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str | None = None, *,
             workers: int | None = None, batch_size: int = 256, probabilities: bool = False,
-            progress=None, run_info: dict | None = None, timings: bool = True) -> Tally:
+            min_confidence: float | None = None, progress=None, run_info: dict | None = None,
+            timings: bool = True) -> Tally:
     """Score `inputs` into the CSV at `out` (path, '-' or s3:// URL). With `report_dir` and at
-    least one labelled image, also write the report there. `progress` wraps the row iterator
-    (e.g. a tqdm bar). Nothing is published unless every row was written. `timings=False` keeps
-    speed and clock time out of the report, so the same inputs give byte-identical outputs."""
+    least one labelled image, also write the report there. Predictions below `min_confidence`
+    get status "review". `progress` wraps the row iterator (e.g. a tqdm bar). Nothing is
+    published unless every row was written. `timings=False` keeps speed and clock time out of
+    the report, so the same inputs give byte-identical outputs."""
     sink = PredictionsCsv(out, bundle.labels, probabilities)
     tally = Tally()
     collector = report.ExampleCollector() if report_dir else None
     try:
         rows = score(inputs, bundle, workers=workers, batch_size=batch_size,
-                     keep_probabilities=probabilities)
+                     keep_probabilities=probabilities, min_confidence=min_confidence)
         for row in progress(rows) if progress else rows:
             sink.write(row)
             tally.add(row)
-            if collector is not None and row.status == STATUS_OK and row.label is not None:
+            if collector is not None and row.prediction is not None and row.label is not None:
                 collector.add(report.Example(row.source, row.label, row.prediction,
                                              row.confidence, row.image))
     except BaseException:
@@ -106,18 +122,22 @@ def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str |
             report.compute_metrics(tally.y_true, tally.y_pred, bundle.labels),
             title="digit predictions", misclassified=collector.misclassified,
             least_confident=collector.least_confident,
-            extra=run_summary(tally, bundle, run_info, timings))
+            coverage=report.coverage(tally.y_true, tally.y_pred, tally.confidence),
+            extra=run_summary(tally, bundle, run_info, min_confidence, timings))
         write_report(files, report_dir)
     return tally
 
 
-def run_summary(tally: Tally, bundle: Bundle, run_info: dict | None, timings: bool) -> dict:
+def run_summary(tally: Tally, bundle: Bundle, run_info: dict | None,
+                min_confidence: float | None, timings: bool) -> dict:
     """The report's "run" section: where the images and the model came from, and the counts."""
     info = {
         **(run_info or {}),
         "model": str(bundle.path), "model_file": bundle.model_file,
-        "images_scored": tally.scored, "images_failed": tally.failed,
+        "images_scored": tally.scored, "images_for_review": tally.review,
+        "images_blank": tally.blank, "images_failed": tally.failed,
         "unlabelled": tally.scored - tally.labelled,
+        "min_confidence": min_confidence,
     }
     if timings:
         info["images_per_second"] = round(tally.rate, 1)

@@ -18,11 +18,16 @@ from itertools import islice
 import numpy as np
 
 from scorer.bundle import Bundle, Classifier
-from scorer.images import Geometry, ImageError, normalize, normalize_many
+from scorer.images import BLANK_REASON, Geometry, ImageError, normalize, normalize_many
 from scorer.sources import Input, load
 
 WINDOWS_IN_FLIGHT = 3  # windows of batch_size x workers inputs: the memory bound of a run
+# A row's status (docs/output.md): a prediction; a prediction below --min-confidence, for a
+# person to check; an image with no ink (a result: empty boxes are normal on forms); an input
+# that could not be read (the error column says why).
 STATUS_OK = "ok"
+STATUS_REVIEW = "review"
+STATUS_BLANK = "blank"
 STATUS_ERROR = "error"
 
 
@@ -149,8 +154,10 @@ class ScoringPool:
 
 
 def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None,
-          batch_size: int = 256, keep_probabilities: bool = False) -> Iterator[Row]:
-    """Yield one Row per input, in input order."""
+          batch_size: int = 256, keep_probabilities: bool = False,
+          min_confidence: float | None = None) -> Iterator[Row]:
+    """Yield one Row per input, in input order. Predictions whose confidence is below
+    `min_confidence` get status "review" (they keep their prediction)."""
     workers = workers or default_workers()
     scoring = ScoringPool(bundle, workers, batch_size)
     window_size = batch_size * scoring.workers
@@ -165,7 +172,8 @@ def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None
                                                                                 window_size))):
                 in_flight.append((window, scoring.submit(window, use_pool=True)))
             window, pending = in_flight.popleft()
-            yield from rows(window, scoring.collect(pending), keep_probabilities)
+            yield from rows(window, scoring.collect(pending), keep_probabilities,
+                            min_confidence)
     finally:
         scoring.close()
 
@@ -185,15 +193,20 @@ def _only_escapes(name: str) -> bool:
     return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in name)
 
 
-def rows(window: list[Input], prepared: list[Prepared], keep_probabilities: bool) -> Iterator[Row]:
-    """Merge read errors, decode errors and predictions back into input order."""
+def rows(window: list[Input], prepared: list[Prepared], keep_probabilities: bool,
+         min_confidence: float | None = None) -> Iterator[Row]:
+    """Merge read errors, decode errors, blanks and predictions back into input order."""
     results = iter(prepared)
     for item in window:
         image, reason, probs = (None, item.error, None) if item.error is not None \
             else next(results)
         if image is None:
-            yield Row(printable(item.name), None, None, STATUS_ERROR, reason, item.label)
+            status = STATUS_BLANK if reason == BLANK_REASON else STATUS_ERROR
+            yield Row(printable(item.name), None, None, status, reason, item.label)
             continue
         best = int(probs.argmax())
-        yield Row(printable(item.name), best, float(probs[best]), STATUS_OK, "", item.label,
+        confidence = float(probs[best])
+        status = STATUS_REVIEW if min_confidence is not None and confidence < min_confidence \
+            else STATUS_OK
+        yield Row(printable(item.name), best, confidence, status, "", item.label,
                   probs if keep_probabilities else None, image)

@@ -28,6 +28,7 @@ class Config:
     input_prefix: str
     output_prefix: str
     output_bucket: str | None  # None: write beside the input, in the same bucket
+    min_confidence: float | None = None  # below it, rows get status=review
 
     @classmethod
     def from_env(cls) -> Config:
@@ -36,6 +37,7 @@ class Config:
             input_prefix=os.environ.get("INPUT_PREFIX", "incoming/"),
             output_prefix=os.environ.get("OUTPUT_PREFIX", "predictions/"),
             output_bucket=os.environ.get("OUTPUT_BUCKET") or None,
+            min_confidence=parse_min_confidence(os.environ.get("MIN_CONFIDENCE", "")),
         )
         if not config.output_prefix or config.output_prefix.startswith(config.input_prefix) \
                 or config.input_prefix.startswith(config.output_prefix):
@@ -43,6 +45,19 @@ class Config:
             raise ValueError(f"INPUT_PREFIX {config.input_prefix!r} and OUTPUT_PREFIX "
                              f"{config.output_prefix!r} must not overlap")
         return config
+
+
+def parse_min_confidence(text: str) -> float | None:
+    """MIN_CONFIDENCE: empty for off, else a number from 0 to 1."""
+    if not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"MIN_CONFIDENCE must be a number from 0 to 1, got {text!r}")
+    return value
 
 
 def ignore_reason(key: str, config: Config) -> str | None:
@@ -73,6 +88,7 @@ def score_object(bucket: str, key: str, bundle: Bundle, config: Config) -> tuple
     report_dir = output_url(bucket, f"{name}.report/", config) if is_archive else None
     inputs = sources.iter_s3_object(bucket, key, SourceStats(), fail_fast=True)
     tally = run_job(inputs, bundle, out, report_dir, workers=1, timings=False,
+                    min_confidence=config.min_confidence,
                     run_info={"source": f"s3://{bucket}/{key}"})
     return out, tally
 
@@ -86,5 +102,6 @@ def score_prefix(source: str, bundle: Bundle, config: Config) -> tuple[str, Tall
     out = output_url(bucket, f"{base}predictions.csv", config)
     inputs = sources.iter_inputs([source], SourceStats(), fail_fast=True)
     tally = run_job(inputs, bundle, out, output_url(bucket, f"{base}report/", config),
-                    workers=1, timings=False, run_info={"source": source})
+                    workers=1, timings=False, min_confidence=config.min_confidence,
+                    run_info={"source": source})
     return out, tally

@@ -200,6 +200,53 @@ def thin_pen(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return _encode(im, "PNG")
 
 
+def _pencil_texture(cover: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Graphite is grainy: the coverage of a pencil stroke varies from 35 to 100 % per pixel."""
+    return cover * rng.uniform(0.35, 1.0, cover.shape)
+
+
+def pencil_on_yellow(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """JPEG photo of a small (~45-55 px) soft-pencil digit on yellow sticky-note paper, barely
+    larger than the digit, light falling off by up to a quarter across it: faint grainy grey
+    ink on a bright tinted ground whose light varies more than the ink stands out."""
+    mask = ink_mask(digit, rng, height=int(rng.integers(45, 56)))
+    h, w = _canvas_for(mask, rng, (1.05, 1.4))
+    cover = _pencil_texture(_paste((h, w), mask, rng), rng)
+    paper = np.array([250, 235, 120]) * rng.uniform(0.9, 1.0)
+    graphite = np.array([165, 160, 145]) * rng.uniform(0.85, 1.1)
+    yy, xx = np.mgrid[0:1 : h * 1j, 0:1 : w * 1j]
+    fall = rng.uniform(0.1, 0.25)
+    light = (1.0 - fall * (xx if rng.random() < 0.5 else 1 - xx) * 0.7 - fall * yy * 0.3)
+    rgb = (paper * (1 - cover[..., None]) + graphite * cover[..., None]) * light[..., None]
+    rgb = rgb + rng.normal(0, 3, rgb.shape)
+    return _encode(Image.fromarray(_to_u8(rgb)), "JPEG", quality=int(rng.integers(70, 92)))
+
+
+def ballpoint_on_grey(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """PNG of a blue ballpoint digit on grey recycled paper: low-contrast coloured ink."""
+    mask = ink_mask(digit, rng, height=int(rng.integers(40, 90)))
+    cover = _paste(_canvas_for(mask, rng), mask, rng) * rng.uniform(0.6, 1.0)
+    paper = np.array([165, 165, 160]) + rng.normal(0, 4, (*cover.shape, 1))
+    ink = np.array([40, 60, 150])
+    rgb = paper * (1 - cover[..., None]) + ink * cover[..., None]
+    return _encode(Image.fromarray(_to_u8(rgb)), "PNG")
+
+
+def ruled_paper(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """JPEG of a dark pen digit on ruled notebook paper: thin blue lines every ~1/3 digit height
+    run across the whole image, through and around the digit."""
+    mask = ink_mask(digit, rng, height=int(rng.integers(50, 110)))
+    h, w = _canvas_for(mask, rng)
+    cover = _paste((h, w), mask, rng)
+    rgb = np.ones((h, w, 3)) * np.array([248, 248, 242])
+    gap = max(6, mask.shape[0] // 3 + int(rng.integers(-3, 4)))
+    for y in range(int(rng.integers(0, gap)), h, gap):
+        rgb[y] = rgb[y] * 0.35 + np.array([120, 160, 215]) * 0.65
+    ink = np.array([25, 25, 60])
+    rgb = rgb * (1 - cover[..., None]) + ink * cover[..., None] + rng.normal(0, 3, (h, w, 3))
+    return _encode(Image.fromarray(_to_u8(rgb)), "JPEG", quality=85)
+
+
 STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "paper_scan": paper_scan,
     "photo_uneven_light": photo_uneven_light,
@@ -211,4 +258,7 @@ STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "cmyk_jpeg": cmyk_jpeg,
     "exif_rotated_jpeg": exif_rotated_jpeg,
     "thin_pen": thin_pen,
+    "pencil_on_yellow": pencil_on_yellow,
+    "ballpoint_on_grey": ballpoint_on_grey,
+    "ruled_paper": ruled_paper,
 }

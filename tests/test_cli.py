@@ -171,7 +171,8 @@ def test_report_dir_matches_the_csv(labelled_run):
     done, out, report = labelled_run
     _, rows = read_csv(out)
     assert sorted(p.name for p in report.iterdir()) == [
-        "classification_report.txt", "confusion_matrix.csv", "report.html", "report.json"]
+        "classification_report.txt", "confusion_matrix.csv", "coverage.csv", "report.html",
+        "report.json"]
     doc = json.loads((report / "report.json").read_text(encoding="utf-8"))
     assert doc["accuracy"] == pytest.approx(accuracy(rows), abs=1e-9)
     assert doc["samples"] == len(rows)
@@ -379,17 +380,54 @@ def test_every_kind_of_bad_file_in_one_folder(tmp_path, mnist_bundle, mnist_test
     status = {Path(r["source"]).relative_to(root).as_posix(): r for r in rows}
     for name in [*goods, "x.png/inside.png"]:
         assert status[name]["status"] == "ok", status[name]
+    blanks = ["blank_white.png", "big_blank.png"]  # no ink: a result, not a failure
     for name in [*bad, "dangling.png"]:
         row = status[name]
-        assert row["status"] == "error" and row["prediction"] == "" and row["confidence"] == ""
+        assert row["status"] == ("blank" if name in blanks else "error"), row
+        assert row["prediction"] == "" and row["confidence"] == ""
         assert row["error"].strip() and "\n" not in row["error"] and "\r" not in row["error"]
     assert "too large" in status["bomb.png"]["error"]
     assert "blank" in status["blank_white.png"]["error"]
     assert "dangling" in status["dangling.png"]["error"]
-    assert f"scored {len(goods) + 1}, failed {len(bad) + 1}," in stderr
+    assert f"scored {len(goods) + 1}, blank 2, failed {len(bad) - 2 + 1}," in stderr
     print(f"mixed folder: peak RSS one process {single_mb:.0f} MB, all processes {tree_mb:.0f} MB")
     assert single_mb < 1024
     assert tree_mb < 1024
+
+
+def test_blanks_and_reviews_do_not_fail_the_run(tmp_path, mnist_bundle, mnist_test_images):
+    x, y = mnist_test_images
+    root = tmp_path / "form"
+    root.mkdir()
+    for i in range(12):
+        (root / f"box{i:02}.png").write_bytes(mnist_png(x[i]))
+    (root / "empty_box.png").write_bytes(mnist_png(np.zeros((28, 28), np.uint8)))
+    plain = score_cli(root, "--model", mnist_bundle, "--out", tmp_path / "plain.csv")
+    assert plain.returncode == 0, plain.stderr  # a blank alone is not a failure
+    _, rows = read_csv(tmp_path / "plain.csv")
+    [empty] = [r for r in rows if r["source"].endswith("empty_box.png")]
+    assert (empty["status"], empty["prediction"], empty["confidence"]) == ("blank", "", "")
+    assert empty["error"] == "blank image: no ink found"
+    confidences = sorted(float(r["confidence"]) for r in rows if r["status"] == "ok")
+    threshold = confidences[len(confidences) // 2]
+    checked = score_cli(root, "--model", mnist_bundle, "--out", tmp_path / "checked.csv",
+                        "--min-confidence", threshold)
+    assert checked.returncode == 0, checked.stderr
+    _, reviewed = read_csv(tmp_path / "checked.csv")
+    for before, after in zip(rows, reviewed, strict=True):
+        assert after["prediction"] == before["prediction"]  # review keeps the prediction
+        if before["status"] == "ok":
+            expected = "review" if float(before["confidence"]) < threshold else "ok"
+            assert after["status"] == expected
+    n_review = sum(r["status"] == "review" for r in reviewed)
+    assert n_review >= 1
+    assert f"scored 12 ({n_review} for review), blank 1, failed 0" in checked.stderr
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "high"])
+def test_min_confidence_out_of_range_is_a_usage_error(labelled_tree, mnist_bundle, value):
+    assert_usage_error(score_cli(labelled_tree, "--model", mnist_bundle, "--min-confidence",
+                                 value), mentions="--min-confidence")
 
 
 # --- usage errors ----------------------------------------------------------------------------
@@ -460,8 +498,10 @@ def test_version_and_help():
     done = score_cli("--help")
     assert done.returncode == 0
     assert "Exit codes" in done.stdout
-    for fragment in ("0 every image", "3 some inputs failed", "2 usage error", "--probabilities",
-                     "--labels", "--report-dir", "--workers", "--batch-size", "--variant"):
+    for fragment in ("0 every input read", "3 some inputs could not be read", "2 usage error",
+                     "blank (no ink", "review (below --min-confidence", "--min-confidence",
+                     "--probabilities", "--labels", "--report-dir", "--workers", "--batch-size",
+                     "--variant"):
         assert fragment in " ".join(done.stdout.split()), fragment
 
 

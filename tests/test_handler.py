@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -151,7 +152,8 @@ def test_uploads_are_scored_once_and_redelivery_changes_nothing(stack, lambda_ro
         f"predictions/{y[0]}/first.png.csv", "predictions/odd name+ü (1).png.csv",
         "predictions/batch.zip.csv", "predictions/broken.png.csv",
         *(f"predictions/batch.zip.report/{name}" for name in (
-            "report.json", "classification_report.txt", "confusion_matrix.csv", "report.html")),
+            "report.json", "classification_report.txt", "confusion_matrix.csv", "coverage.csv",
+            "report.html")),
     }
     [single] = rows(first[f"predictions/{y[0]}/first.png.csv"])
     assert single["source"] == f"s3://{bucket}/incoming/{y[0]}/first.png"
@@ -254,3 +256,29 @@ def test_output_bucket_and_prefixes_come_from_the_environment(stack, lambda_root
                                                  "OUTPUT_BUCKET": target})
     assert response == {"outputs": [f"s3://{target}/scored/d.png.csv"]}
     assert s3.list_objects_v2(Bucket=target)["KeyCount"] == 1
+
+
+def test_min_confidence_from_the_environment_marks_rows_for_review(stack, lambda_root,
+                                                                    mnist_test_images):
+    x, y = mnist_test_images
+    s3, bucket = stack["s3"], stack["bucket"]
+    for i in range(10):
+        s3.put_object(Bucket=bucket, Key=f"incoming/review/{y[i]}/{i}.png", Body=png(x[i]))
+    s3.put_object(Bucket=bucket, Key="incoming/review/empty.png",
+                  Body=png(np.zeros((28, 28), np.uint8)))
+    [result] = invoke(lambda_root, {"source": f"s3://{bucket}/incoming/review/"},
+                      env={"MIN_CONFIDENCE": "1.0"})  # nothing is that sure: all for review
+    assert (result["scored"], result["review"], result["blank"], result["failed"]) == \
+        (10, 10, 1, 0)
+    found = rows(outputs(stack)["predictions/review/predictions.csv"])
+    assert sorted(r["status"] for r in found) == ["blank"] + ["review"] * 10
+    assert all(r["prediction"] for r in found if r["status"] == "review")
+
+
+@pytest.mark.parametrize("value", ["2", "-1", "sure"])
+def test_bad_min_confidence_is_refused_at_start(value, monkeypatch):
+    from scorer.s3_jobs import Config
+
+    monkeypatch.setenv("MIN_CONFIDENCE", value)
+    with pytest.raises(ValueError, match="MIN_CONFIDENCE"):
+        Config.from_env()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from scorer.bundle import load_bundle
-from scorer.images import normalize
-from scorer.pipeline import STATUS_ERROR, STATUS_OK, score
+from scorer.images import BLANK_REASON, normalize
+from scorer.job import EXIT_OK, EXIT_SOME_FAILED, Tally
+from scorer.pipeline import STATUS_BLANK, STATUS_ERROR, STATUS_OK, STATUS_REVIEW, score
 from scorer.sources import Input
 
 from digit_factory import mnist_png
@@ -63,12 +64,12 @@ def test_order_errors_and_predictions_with_two_workers(bundle, mixed_inputs, mni
             assert row.confidence == pytest.approx(float(probs.max()), abs=1e-6)
             assert row.probabilities is None  # not asked for
         else:
-            assert row.status == STATUS_ERROR
+            assert row.status == (STATUS_BLANK if kind == "blank" else STATUS_ERROR)
             assert row.prediction is None and row.confidence is None and row.image is None
             assert row.error and "\n" not in row.error
-    reasons = {r.source.split("/")[0]: r.error for r in rows if r.status == STATUS_ERROR}
+    reasons = {r.source.split("/")[0]: r.error for r in rows if r.prediction is None}
     assert reasons["unreadable"] == "permission denied"  # a read error is passed on verbatim
-    assert "blank" in reasons["blank"]
+    assert reasons["blank"] == BLANK_REASON  # the reason stays in the error column
     assert reasons["junk"].startswith("not a readable image")
     good = [r for r in rows if r.status == STATUS_OK]
     assert len(good) == N_GOOD
@@ -150,3 +151,42 @@ def test_undecodable_file_names_become_printable(bundle, mnist_test_images):
     assert [r.source for r in rows] == ["odd-\\xff\\xfe.png"] * 2
     for row in rows:
         row.source.encode("utf-8")
+
+
+def test_min_confidence_sends_unsure_rows_to_review_and_keeps_their_prediction(
+        bundle, mixed_inputs):
+    plain = rows_of(mixed_inputs, bundle, workers=1, batch_size=8)
+    confidences = sorted(r.confidence for r in plain if r.status == STATUS_OK)
+    threshold = confidences[len(confidences) // 3]  # about a third of the rows fall below it
+    checked = rows_of(mixed_inputs, bundle, workers=2, batch_size=8, min_confidence=threshold)
+    for before, after in zip(plain, checked, strict=True):
+        assert (after.prediction, after.confidence) == (before.prediction, before.confidence)
+        if before.status != STATUS_OK:
+            assert after.status == before.status  # blanks and errors are not reviewed
+        elif before.confidence < threshold:
+            assert after.status == STATUS_REVIEW and after.error == ""
+        else:
+            assert after.status == STATUS_OK
+    below = sum(c < threshold for c in confidences)  # int8 confidences tie: count, not guess
+    assert sum(r.status == STATUS_REVIEW for r in checked) == below > 0
+
+
+def test_tally_counts_blanks_and_reviews_as_results_not_failures(bundle, mixed_inputs):
+    rows = rows_of(mixed_inputs, bundle, workers=1, batch_size=8, min_confidence=0.999)
+    tally = Tally()
+    for row in rows:
+        tally.add(row)
+    statuses = [r.status for r in rows]
+    assert tally.blank == statuses.count(STATUS_BLANK) > 0
+    assert tally.review == statuses.count(STATUS_REVIEW) > 0
+    assert tally.scored == statuses.count(STATUS_OK) + tally.review
+    assert tally.failed == statuses.count(STATUS_ERROR) > 0
+    assert tally.exit_code == EXIT_SOME_FAILED
+    line = tally.summary_line(skipped=2)
+    assert f"({tally.review} for review)" in line and f"blank {tally.blank}" in line
+    only_blanks = Tally()
+    for row in rows:
+        if row.status in (STATUS_BLANK, STATUS_OK, STATUS_REVIEW):
+            only_blanks.add(row)
+    assert only_blanks.exit_code == EXIT_OK  # blanks alone never make the exit code 3
+

@@ -20,6 +20,9 @@ from scorer.report import (
     compute_metrics,
     confusion_matrix,
     confusion_matrix_csv,
+    coverage,
+    coverage_curve,
+    coverage_table,
     report_files,
 )
 from scorer.report.page import thumbnail_data_uri
@@ -371,3 +374,50 @@ def test_example_is_frozen():
 
 
 # --- dependency hygiene ----------------------------------------------------------------------
+
+
+# --- accuracy against coverage ---------------------------------------------------------------
+
+
+def test_coverage_table_counts_and_accuracy_by_threshold():
+    y_true = [1, 1, 2, 2, 3, 3]
+    y_pred = [1, 1, 2, 0, 3, 0]  # right, right, right, wrong, right, wrong
+    conf = [0.99, 0.95, 0.9, 0.85, 0.6, 0.4]
+    rows = {r["threshold"]: r for r in coverage_table(y_true, y_pred, conf, (0.0, 0.5, 0.9, 1.0))}
+    assert rows[0.0] == {"threshold": 0.0, "accepted": 6, "coverage": 1.0, "accuracy": 4 / 6}
+    assert rows[0.5] == {"threshold": 0.5, "accepted": 5, "coverage": 5 / 6, "accuracy": 0.8}
+    assert rows[0.9] == {"threshold": 0.9, "accepted": 3, "coverage": 0.5, "accuracy": 1.0}
+    assert rows[1.0] == {"threshold": 1.0, "accepted": 0, "coverage": 0.0, "accuracy": None}
+
+
+def test_coverage_curve_accepts_the_most_confident_first():
+    y_true, y_pred = [0, 0, 0, 0], [0, 1, 0, 1]
+    curve = coverage_curve(y_true, y_pred, [0.9, 0.8, 0.7, 0.6], points=4)
+    assert curve == [[0.25, 1.0], [0.5, 0.5], [0.75, 2 / 3], [1.0, 0.5]]
+    assert coverage_curve([], [], []) == []
+    with pytest.raises(ValueError):
+        coverage_table([1, 2], [1, 2], [0.5])
+
+
+def test_report_with_coverage_has_its_csv_table_and_plot():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 10, 500)
+    conf = rng.uniform(0.3, 1.0, 500)
+    y_pred = np.where(rng.uniform(size=500) < conf, y_true, (y_true + 1) % 10)  # sure = right
+    metrics = compute_metrics(y_true, y_pred, DIGITS)
+    files = report_files(metrics, title="t", misclassified=[], least_confident=[],
+                         coverage=coverage(y_true, y_pred, conf))
+    lines = files["coverage.csv"].decode().splitlines()
+    assert lines[0] == "threshold,accepted,coverage,accuracy"
+    assert lines[1].startswith("0.00,500,1.0000,")
+    accuracies = [float(line.split(",")[3]) for line in lines[1:]]
+    assert accuracies == sorted(accuracies)  # surer predictions are right more often here
+    doc = json.loads(files["report.json"])
+    assert doc["coverage"]["table"][0]["accepted"] == 500
+    html = files["report.html"].decode()
+    assert "Accuracy against coverage" in html and "<svg" in html and "<polyline" in html
+    assert "<script" not in html
+    plain = report_files(metrics, title="t", misclassified=[], least_confident=[])
+    assert "coverage.csv" not in plain and "Accuracy against coverage" not in \
+        plain["report.html"].decode()
+

@@ -20,7 +20,7 @@ BUNDLE_FILES = {
     "model.tflite", "model_float32.tflite", "model.keras", "model_data.h", "manifest.json",
     "metrics.json", "training_history.json", "classification_report.txt", "confusion_matrix.csv",
     "confusion_matrix.png", "training_curves.png", "misclassified.png", "report.json",
-    "report.html",
+    "report.html", "coverage.csv",
 }
 
 

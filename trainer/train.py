@@ -153,6 +153,9 @@ def metrics_json(dataset: data.Dataset, evaluation: Evaluation, tflite: dict[str
                             "agreement_with_keras": float(agreement)},
         },
         "int8_size_ratio": int8_bytes / float_bytes,
+        "int8_coverage": report.coverage_table(
+            dataset.y_test, evaluation.predictions["tflite_int8"],
+            evaluation.probabilities["tflite_int8"].max(axis=1)),
         "epochs_run": len(history["loss"]),
         "best_val_accuracy": max(history.get("val_accuracy", [0.0])),
         "seconds": round(seconds, 1),
@@ -189,6 +192,7 @@ def report_files(dataset: data.Dataset, evaluation: Evaluation, history: dict,
     files = report.report_files(
         summary, title=f"{dataset.name} test set, int8 TFLite model",
         misclassified=collector.misclassified, least_confident=collector.least_confident,
+        coverage=report.coverage(dataset.y_test, y_pred, confidence),
         extra={"dataset": dataset.name, "source": dataset.source,
                "keras_accuracy": metrics["models"]["keras"]["accuracy"]},
     )
@@ -245,6 +249,9 @@ def print_summary(settings: Settings, metrics: dict) -> None:
         agreement = entry.get("agreement_with_keras")
         print(f"{name:<16}{entry['accuracy']:>10.2%}{entry.get('bytes', ''):>12}"
               f"{'' if agreement is None else f'{agreement:.2%}':>20}")
+    at_09 = next(row for row in metrics["int8_coverage"] if row["threshold"] == 0.9)
+    print(f"\nint8 at confidence >= 0.9: {at_09['coverage']:.1%} of test images accepted, "
+          f"{at_09['accuracy'] or 0:.2%} of those right (see report.html)")
     print(f"\n{metrics['dataset']}: {metrics['test_samples']} test images, "
           f"{metrics['epochs_run']} epochs, int8 is {metrics['int8_size_ratio']:.0%} of float32, "
           f"{metrics['seconds']:.0f} s in all. Bundle: {settings.out}/")

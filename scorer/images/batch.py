@@ -140,6 +140,16 @@ def _normalize_stack(
             if isinstance(pixels, bytes):
                 pixels = np.frombuffer(pixels, np.uint8).reshape(h, w)
             stack[k] = pixels
+    photos = ~digital_borders(stack)
+    if photos.any():  # small photos fit their lighting one by one, as normalize() does
+        for k in np.flatnonzero(photos):
+            i = items[k][0]
+            try:
+                results[i] = (normalize_grey(stack[k], geometry), "")
+            except ImageError as exc:
+                results[i] = (None, str(exc))
+        items = [item for item, photo in zip(items, photos, strict=True) if not photo]
+        stack, n = stack[~photos], len(items)
     # thicken and resize one by one (sizes differ), paste into one canvas stack, scale together
     canvases = np.zeros((n, geometry.height, geometry.width), np.float32)
     placed = np.zeros(n, bool)
@@ -157,6 +167,15 @@ def _normalize_stack(
     for k, (i, _) in enumerate(items):
         if placed[k]:
             results[i] = (None, BLANK_REASON) if blank[k] else (out[k], "")
+
+
+def digital_borders(stack: np.ndarray) -> np.ndarray:
+    """bool (n,): steps.digital_border of each image of a float32 (n, H, W) stack."""
+    n, h, w = stack.shape
+    ring = stack.reshape(n, h * w)[:, ring_index(h, w)]
+    mid = ring.shape[1] // 2
+    median = np.partition(ring, mid, axis=1)[:, mid : mid + 1]
+    return 2 * np.count_nonzero(ring == median, axis=1) >= ring.shape[1]
 
 
 def crop_small_stack(stack: np.ndarray) -> list[tuple[np.ndarray, int] | None]:

@@ -56,11 +56,45 @@ def border_level(grey: np.ndarray) -> float:
 
 def ink_is_dark(grey: np.ndarray, background: float | None = None) -> bool:
     """True if float (H, W) has dark ink: its darkest extreme lies further from the background
-    (default: the border level) than its lightest."""
-    bg = border_level(grey) if background is None else background
+    than its lightest. The background is the border level (or `background`) for digital
+    images, and the lighting plane of the paper for photos, whose light can vary across the
+    page by more than faint ink stands out from it."""
+    small = max(grey.shape) <= SMALL_SIDE
     # Extremes after a light blur: a lone hot pixel fades to ~14%, a 1-px line keeps ~37%.
-    probe = grey if max(grey.shape) <= SMALL_SIDE else _blur(grey)
-    return bg - float(probe.min()) > float(probe.max()) - bg
+    if digital_border(grey):
+        bg = border_level(grey) if background is None else background
+        probe = grey if small else _blur(grey)
+        return bg - float(probe.min()) > float(probe.max()) - bg
+    residual = grey - border_plane(grey)
+    probe = residual if small else _blur(residual)
+    return -float(probe.min()) > float(probe.max())
+
+
+def border_plane(grey: np.ndarray) -> np.ndarray:
+    """float32 (H, W): the plane a + b x + c y fitted to the outermost ring, which is mostly
+    paper whatever the ink's polarity; ring pixels far from a first fit (ink touching the
+    border) are left out of the second."""
+    h, w = grey.shape
+    index = ring_index(h, w)
+    ys, xs = np.divmod(index, w)
+    terms = np.stack([np.ones(index.size), xs / max(w - 1, 1), ys / max(h - 1, 1)], 1)
+    values = grey.take(index).astype(np.float64)
+    keep = np.ones(index.size, bool)
+    for _ in range(2):
+        coef = np.linalg.lstsq(terms[keep], values[keep], rcond=None)[0]
+        resid = np.abs(values - terms @ coef)
+        keep = resid <= max(3 * 1.4826 * _median(resid), 1.0)
+    y = np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    x = np.linspace(0, 1, w, dtype=np.float32)[None, :]
+    c = coef.astype(np.float32)
+    return c[0] + c[1] * x + c[2] * y
+
+
+def digital_border(grey: np.ndarray) -> bool:
+    """True when most of the outermost ring is one exact value, as in drawings, renders and
+    MNIST itself; False for photos and scans, whose paper varies (noise, light, tint)."""
+    ring = _ring(grey)
+    return 2 * int(np.count_nonzero(ring == _median(ring))) >= ring.size
 
 
 def to_light_ink(grey: np.ndarray) -> np.ndarray:
@@ -73,14 +107,16 @@ def flatten_background(
 ) -> np.ndarray:
     """Light-ink float32 (H, W) -> float32 (H, W) ink above background (noise may go < 0).
 
-    Small images use the border level; larger ones subtract a quadratic surface fitted to
-    the background, which removes the smooth lighting gradients of photos. ``paper``: the
+    Small images with a digital border use the border level; photos and larger images subtract
+    a quadratic surface fitted to the background, which removes the smooth lighting gradients of
+    photos (in a 50 px photo of a pencil digit, the light can vary more than the ink). ``paper``:
+    the
     input is inverted dark-on-paper, where ink contrast is proportional to the light falling
     on the paper, so the ink is also divided by the local paper brightness (255 - surface).
     ``background`` (small images only) saves recomputing the border level.
     """
     h, w = grey.shape
-    if max(h, w) <= SMALL_SIDE:
+    if max(h, w) <= SMALL_SIDE and digital_border(grey):
         bg = border_level(grey) if background is None else background
         return grey - np.float32(bg) if bg != 0 else grey
     gh, gw = min(h, 24), min(w, 24)

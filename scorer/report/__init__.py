@@ -1,10 +1,12 @@
 """Evaluation reports: metrics, scikit-learn-compatible text, CSV, JSON and a static HTML page.
 
-``metrics`` (numbers and text), ``examples`` (which images to show), ``page`` (report.html),
+``metrics`` (numbers and text), ``coverage`` (accuracy against coverage by confidence),
+``examples`` (which images to show), ``page`` (report.html),
 ``build`` (every file in memory; the caller writes them to a folder or to S3).
 """
 
 from scorer.report.build import report_files
+from scorer.report.coverage import coverage, coverage_curve, coverage_table
 from scorer.report.examples import DEFAULT_K, Example, ExampleCollector
 from scorer.report.metrics import (
     classification_report_text,
@@ -19,6 +21,9 @@ __all__ = [
     "ExampleCollector",
     "classification_report_text",
     "compute_metrics",
+    "coverage",
+    "coverage_curve",
+    "coverage_table",
     "confusion_matrix",
     "confusion_matrix_csv",
     "report_files",

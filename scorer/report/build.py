@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from scorer.report.coverage import coverage_csv
 from scorer.report.examples import Example
 from scorer.report.metrics import classification_report_text, confusion_matrix_csv
 from scorer.report.page import render_html
@@ -26,6 +27,7 @@ def report_files(
     title: str,
     misclassified: list[Example],
     least_confident: list[Example],
+    coverage: dict | None = None,
     extra: dict | None = None,
 ) -> dict[str, bytes]:
     """Build every report file in memory; the caller writes them (to a folder or to S3).
@@ -36,21 +38,28 @@ def report_files(
         ``report.json``: ``{"title": title, **metrics, "run": extra or {}}``;
         ``classification_report.txt``: :func:`classification_report_text` (digits=4);
         ``confusion_matrix.csv``: :func:`confusion_matrix_csv`;
-        ``report.html``: self-contained page (inline CSS and PNGs, no scripts, no network).
+        ``report.html``: self-contained page (inline CSS and PNGs, no scripts, no network);
+        with ``coverage`` (``{"table": coverage_table(...), "curve": coverage_curve(...)}``)
+        also ``coverage.csv``, a table and a plot in the page, and ``"coverage"`` in the JSON.
     """
     run = dict(extra or {})
-    doc = {"title": title, **metrics, "run": run}
+    doc = {"title": title, **metrics, **({"coverage": coverage} if coverage else {}),
+           "run": run}
     as_json = json.dumps(doc, indent=2, ensure_ascii=False, default=_json_default) + "\n"
     html = render_html(
         metrics,
         title=title,
         misclassified=misclassified,
         least_confident=least_confident,
+        coverage=coverage,
         run=run,
     )
-    return {
+    files = {
         "report.json": as_json.encode("utf-8"),
         "classification_report.txt": classification_report_text(metrics).encode("utf-8"),
         "confusion_matrix.csv": confusion_matrix_csv(metrics).encode("utf-8"),
         "report.html": html.encode("utf-8"),
     }
+    if coverage:
+        files["coverage.csv"] = coverage_csv(coverage["table"]).encode("utf-8")
+    return files

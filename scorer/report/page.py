@@ -65,6 +65,10 @@ figcaption { font-size: 12px; margin-top: 4px; }
 .src { display: block; color: #59636e; font: 11px ui-monospace, "DejaVu Sans Mono", monospace;
        white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .muted { color: #59636e; }
+.cov { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
+.cov svg text { font-size: 11px; fill: #59636e; }
+.cov .axis { fill: none; stroke: #8c959f; stroke-width: 1; }
+.cov .curve { fill: none; stroke: hsl(212, 70%, 45%); stroke-width: 2; }
 """
 
 
@@ -151,6 +155,45 @@ def _metrics_table(metrics: dict) -> str:
     )
 
 
+def _coverage_section(coverage: dict | None) -> str:
+    """Accuracy against coverage: the table users pick --min-confidence from, and its curve."""
+    if not coverage:
+        return ""
+    rows = "".join(
+        f"<tr><td>{r['threshold']:.2f}</td><td>{r['accepted']:,}</td><td>{r['coverage']:.1%}</td>"
+        f"<td>{'–' if r['accuracy'] is None else format(r['accuracy'], '.2%')}</td></tr>"
+        for r in coverage["table"])
+    table = ('<table class="metrics"><tr><th>min confidence</th><th>accepted</th>'
+             f"<th>coverage</th><th>accuracy of accepted</th></tr>{rows}</table>")
+    return (f"<h2>Accuracy against coverage</h2><section><div class=\"cov\">{table}"
+            f"{_coverage_plot(coverage['curve'])}</div><p class=\"legend\">Rows below the "
+            "chosen confidence get status=review (digits-score --min-confidence).</p></section>")
+
+
+def _coverage_plot(curve: list[list[float]], w: int = 320, h: int = 200, pad: int = 36) -> str:
+    """Inline SVG (no script): x = coverage 0-100 %, y = accuracy of the accepted, from the
+    lowest accuracy on the curve (at most 90 %) to 100 %."""
+    if not curve:
+        return ""
+    low = min(0.9, min(acc for _, acc in curve))
+    span = max(1.0 - low, 1e-9)
+
+    def xy(cov: float, acc: float) -> str:
+        return f"{pad + cov * (w - pad - 8):.1f},{8 + (1.0 - acc) / span * (h - pad - 8):.1f}"
+
+    points = " ".join(xy(c, a) for c, a in curve)
+    return (f'<svg width="{w}" height="{h}" role="img" aria-label="accuracy against coverage">'
+            f'<polyline points="{xy(0, low)} {xy(0, 1)}" class="axis"/>'
+            f'<polyline points="{xy(0, low)} {xy(1, low)}" class="axis"/>'
+            f'<polyline points="{points}" class="curve"/>'
+            f'<text x="{pad - 4}" y="14" text-anchor="end">100%</text>'
+            f'<text x="{pad - 4}" y="{h - pad}" text-anchor="end">{low:.0%}</text>'
+            f'<text x="{w - 8}" y="{h - pad + 16}" text-anchor="end">coverage 100%</text>'
+            f'<text x="{pad}" y="{h - pad + 16}">0%</text>'
+            f'<text x="{pad + 4}" y="{h - 6}">accuracy of accepted vs share accepted</text>'
+            "</svg>")
+
+
 def _kv_table(run: dict) -> str:
     def text(v) -> str:
         if isinstance(v, np.generic):  # numpy scalars (e.g. a float32 rate) print as numbers
@@ -198,6 +241,7 @@ def render_html(
     misclassified: list[Example],
     least_confident: list[Example],
     run: dict,
+    coverage: dict | None = None,
 ) -> str:
     """The whole page as a str (metrics as returned by :func:`scorer.report.compute_metrics`)."""
     labels = metrics["labels"]
@@ -230,6 +274,7 @@ def render_html(
 <section>{_confusion_table(metrics)}</section>
 <h2>Per-class metrics</h2>
 <section>{_metrics_table(metrics)}</section>
+{_coverage_section(coverage)}
 <h2>Misclassified <span class="muted">({len(misclassified)} of {wrong:,} shown)</span></h2>
 <section>{_grid(misclassified, labels, "No misclassified examples.")}</section>
 <h2>Least confident <span class="muted">({len(least_confident)} lowest-confidence
