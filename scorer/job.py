@@ -71,6 +71,11 @@ class Tally:
         return self.total / self.seconds
 
     @property
+    def rounded_rate(self) -> float:
+        """The speed both the summary line and the report quote (so they never disagree)."""
+        return round(self.rate, 1)
+
+    @property
     def accuracy(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
 
@@ -84,7 +89,7 @@ class Tally:
         """One line for people: counts, speed and, with labels, accuracy."""
         scored = f"scored {self.scored}" + (f" ({self.review} for review)" if self.review else "")
         parts = [scored, f"blank {self.blank}", f"failed {self.failed}",
-                 f"skipped {skipped} (not images)", f"{self.rate:,.0f} images/s"]
+                 f"skipped {skipped} (not images)", f"{self.rounded_rate:,.0f} images/s"]
         if self.labelled:
             parts.append(f"accuracy {self.correct / self.labelled:.2%} on {self.labelled} "
                          "labelled")
@@ -140,6 +145,6 @@ def run_summary(tally: Tally, bundle: Bundle, run_info: dict | None,
         "min_confidence": min_confidence,
     }
     if timings:
-        info["images_per_second"] = round(tally.rate, 1)
+        info["images_per_second"] = tally.rounded_rate
         info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return info

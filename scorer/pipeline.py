@@ -12,8 +12,8 @@ import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
 from itertools import islice
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,8 +31,7 @@ STATUS_BLANK = "blank"
 STATUS_ERROR = "error"
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     """One scored input. `image` is the model's input (uint8 (h, w)), None for errors."""
 
     source: str
@@ -59,15 +58,31 @@ def prepare(data: bytes, geometry: Geometry) -> tuple[np.ndarray | None, str]:
         return None, f"cannot decode image: {type(err).__name__}: {' '.join(str(err).split())}"
 
 
-Prepared = tuple[np.ndarray | None, str, np.ndarray | None]  # (model input, reason, probabilities)
+class Classified(NamedTuple):
+    """What a chunk of inputs became, in compact arrays: cheap to send back from a worker
+    (one pickle of two arrays instead of two small arrays per image).
+
+    ``reasons``: one per input, "" where it was classified; ``images``: uint8 (g, h, w) model
+    inputs and ``probabilities``: float32 (g, n_classes), for the g classified inputs in order.
+    """
+
+    reasons: list[str]
+    images: np.ndarray
+    probabilities: np.ndarray
+
+    @staticmethod
+    def join(parts: list[Classified]) -> Classified:
+        if len(parts) == 1:
+            return parts[0]
+        return Classified([r for part in parts for r in part.reasons],
+                          np.concatenate([part.images for part in parts]),
+                          np.concatenate([part.probabilities for part in parts]))
 
 
-def classify_chunk(items: list[Input], geometry: Geometry,
-                   classifier: Classifier) -> list[Prepared]:
-    """Read deferred local files, normalise, classify: per input (model input, "", probabilities)
-    or (None, one-line reason, None)."""
+def classify_chunk(items: list[Input], geometry: Geometry, classifier: Classifier) -> Classified:
+    """Read deferred local files, normalise and classify a chunk of inputs."""
     loaded = [load(item) for item in items]
-    results: list[Prepared] = [(None, item.error or "", None) for item in loaded]
+    reasons = ["" if item.error is None else item.error or "cannot read" for item in loaded]
     readable = [i for i, item in enumerate(loaded) if item.error is None]
     blobs = [loaded[i].data for i in readable]
     with warnings.catch_warnings():
@@ -79,13 +94,11 @@ def classify_chunk(items: list[Input], geometry: Geometry,
     good = []
     for i, (image, reason) in zip(readable, normalised, strict=True):
         if image is None:
-            results[i] = (None, reason, None)
+            reasons[i] = reason
         else:
-            good.append((i, image))
-    probabilities = classifier.predict(np.stack([image for _, image in good])) if good else []
-    for (i, image), probs in zip(good, probabilities, strict=True):
-        results[i] = (image, "", probs)
-    return results
+            good.append(image)
+    images = np.stack(good) if good else np.zeros((0, geometry.height, geometry.width), np.uint8)
+    return Classified(reasons, images, classifier.predict(images))
 
 
 _worker: dict = {}  # per worker process: its geometry and its own TFLite interpreter
@@ -96,7 +109,7 @@ def _init_worker(model_content: bytes, geometry: Geometry) -> None:
     _worker["classifier"] = Classifier(model_content, num_threads=1)
 
 
-def _classify_in_worker(items: list[Input]) -> list[Prepared]:
+def _classify_in_worker(items: list[Input]) -> Classified:
     return classify_chunk(items, _worker["geometry"], _worker["classifier"])
 
 
@@ -129,10 +142,10 @@ class ScoringPool:
         return [classify_chunk(payload, self.geometry, self.classifier)]
 
     @staticmethod
-    def collect(handle: list) -> list[Prepared]:
+    def collect(handle: list) -> Classified:
         # A worker killed (e.g. out of memory) raises BrokenProcessPool here instead of hanging.
-        return [result for part in handle
-                for result in (part.result() if isinstance(part, Future) else part)]
+        return Classified.join([part.result() if isinstance(part, Future) else part
+                                for part in handle])
 
     def _start_pool(self) -> bool:
         if self.executor is None:
@@ -193,20 +206,22 @@ def _only_escapes(name: str) -> bool:
     return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in name)
 
 
-def rows(window: list[Input], prepared: list[Prepared], keep_probabilities: bool,
+def rows(window: list[Input], classified: Classified, keep_probabilities: bool,
          min_confidence: float | None = None) -> Iterator[Row]:
     """Merge read errors, decode errors, blanks and predictions back into input order."""
-    results = iter(prepared)
+    probabilities = classified.probabilities
+    best = probabilities.argmax(1) if len(probabilities) else np.zeros(0, np.intp)
+    confidence = probabilities[np.arange(len(best)), best].tolist()  # Python floats, as before
+    reasons, g = iter(classified.reasons), 0
     for item in window:
-        image, reason, probs = (None, item.error, None) if item.error is not None \
-            else next(results)
-        if image is None:
+        reason = next(reasons) if item.error is None else item.error or "cannot read"
+        if reason:  # read errors were not sent to the workers and have no reason there
             status = STATUS_BLANK if reason == BLANK_REASON else STATUS_ERROR
             yield Row(printable(item.name), None, None, status, reason, item.label)
             continue
-        best = int(probs.argmax())
-        confidence = float(probs[best])
-        status = STATUS_REVIEW if min_confidence is not None and confidence < min_confidence \
+        conf = confidence[g]
+        status = STATUS_REVIEW if min_confidence is not None and conf < min_confidence \
             else STATUS_OK
-        yield Row(printable(item.name), best, confidence, status, "", item.label,
-                  probs if keep_probabilities else None, image)
+        yield Row(printable(item.name), int(best[g]), conf, status, "", item.label,
+                  probabilities[g] if keep_probabilities else None, classified.images[g])
+        g += 1

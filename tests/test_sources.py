@@ -192,7 +192,7 @@ def test_folder_named_like_an_image_is_walked_not_read(tmp_path):
         (str(root / "x.png/8/inner.png"), 8, None)
     ]
     # The low-level reader refuses a directory (e.g. one swapped in after listing).
-    row = local._read_local(str(root / "x.png"))
+    row = local._read_local(str(root / "x.png"), None)
     assert (row.data, row.error) == (None, "not a regular file (directory)")
 
 

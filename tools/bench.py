@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""`make bench`: scoring throughput on 10,000 MNIST test PNGs, as ratios measured in one run.
+"""`make bench`: scoring throughput on 30,000 MNIST PNGs, as ratios measured in one run.
 
-Prints images/s for
-  - the whole `digits-score` process (all cores, and one worker as on a 1-vCPU Lambda),
+The PNGs are MNIST's 10,000 test images, then training images up to --images. Prints images/s for
+  - the whole `digits-score` process (all cores; two workers; one worker as on a 1-vCPU Lambda),
   - the per-image loop public Lambda samples use (open, greyscale, resize 28x28, invoke),
   - decoding alone in one process (Pillow open + greyscale), and our normalisation alone,
   - the wall time of a one-image run (process start to CSV), and the handler's cold start,
@@ -130,23 +130,28 @@ def styled_accuracy(model: str, images: np.ndarray, labels: np.ndarray, work: Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="artifacts", help="model bundle folder")
-    parser.add_argument("--images", type=int, default=10000, help="MNIST test images to use")
+    parser.add_argument("--images", type=int, default=30000,
+                        help="MNIST images to use (the test set first, then training images)")
     parser.add_argument("--styled", type=int, default=500, help="images per realistic style")
     args = parser.parse_args()
 
     from trainer.data import load_mnist
 
     mnist = load_mnist()
-    x, y = mnist.x_test[: args.images], mnist.y_test[: args.images]
+    x = np.concatenate([mnist.x_test, mnist.x_train])[: args.images]
+    y = np.concatenate([mnist.y_test, mnist.y_train])[: args.images]
     folder = ROOT / ".bench" / f"mnist-png-{len(x)}"
     write_pngs(folder, x, y)
     files = sorted(folder.rglob("*.png"))
-    print(f"{len(files)} MNIST test PNGs, {os.cpu_count()} cores, model {args.model}\n")
+    print(f"{len(files)} MNIST PNGs, {os.cpu_count()} cores, model {args.model}, "
+          f"{time.strftime('%Y-%m-%d')}\n")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         whole, _ = timed(score_command(args.model, folder, work / "all.csv"))
         accuracy = csv_accuracy(work / "all.csv")
+        two, _ = timed(score_command(args.model, folder, work / "two-workers.csv",
+                                     "--workers", "2"))
         single, _ = timed(score_command(args.model, folder, work / "one-worker.csv",
                                         "--workers", "1"))
         loop, done = timed([sys.executable, "-c", PER_IMAGE_LOOP, f"{args.model}/model.tflite",
@@ -160,6 +165,7 @@ def main() -> None:
 
         rows = [
             ("digits-score, whole process", len(files) / whole, accuracy),
+            ("digits-score --workers 2", len(files) / two, None),
             ("digits-score --workers 1", len(files) / single, None),
             ("per-image loop, whole process", len(files) / loop, loop_accuracy),
             ("decode only, one process", decode, None),
@@ -169,7 +175,9 @@ def main() -> None:
         for name, rate, acc in rows:
             print(f"{name:<34}{rate:>10,.0f}{rate / (len(files) / loop):>8.2f}x"
                   f"{'' if acc is None else f'{acc:.2%}':>10}")
-        print(f"\none-image run, process start to CSV: {one_image:.2f} s (best of 5)")
+        print(f"\ntwo workers vs one worker: {single / two:.2f}x; whole process vs per-image "
+              f"loop: {loop / whole:.2f}x")
+        print(f"one-image run, process start to CSV: {one_image:.2f} s (best of 5)")
         print(f"Lambda handler cold start (import + model load): {float(cold.stdout):.2f} s")
         if args.styled:
             styled_accuracy(args.model, mnist.x_test[-args.styled:], mnist.y_test[-args.styled:],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 ZIP_EXTENSION = ".zip"
 # A single digit image is a few kB; anything this large is a mistake or an attack. The image
@@ -20,8 +20,7 @@ class SourceError(ValueError):
     """A spec that names nothing (missing path, bad S3 URL, missing bucket, empty prefix)."""
 
 
-@dataclass(frozen=True)
-class Input:
+class Input(NamedTuple):
     """One thing to classify: its bytes, or a one-line reason why they could not be read."""
 
     name: str
@@ -47,8 +46,13 @@ class SourceStats:
 
 def label_from_parent(path: str) -> int | None:
     """The digit named by the immediate parent folder ("3/x.png" -> 3), else None."""
-    parent = posixpath.basename(posixpath.dirname(path.replace(os.sep, "/")))
-    return int(parent) if parent in LABEL_NAMES else None
+    return folder_label(posixpath.dirname(path.replace(os.sep, "/")))
+
+
+def folder_label(folder: str) -> int | None:
+    """The digit a folder's name is ("data/3" -> 3), else None."""
+    name = posixpath.basename(folder.replace(os.sep, "/").rstrip("/"))
+    return int(name) if name in LABEL_NAMES else None
 
 
 def extension(name: str) -> str:

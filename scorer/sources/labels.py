@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 
 from scorer.sources.base import Input, SourceError
 
@@ -51,7 +50,7 @@ class LabelMatcher:
                 yield item
             else:
                 self.matched.add(item.name)
-                yield replace(item, label=label)
+                yield item._replace(label=label)
 
     @property
     def unmatched(self) -> int:

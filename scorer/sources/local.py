@@ -15,6 +15,7 @@ from scorer.sources.base import (
     SourceStats,
     error_input,
     extension,
+    folder_label,
     is_hidden,
     label_from_parent,
     read_capped,
@@ -26,12 +27,16 @@ from scorer.sources.zips import iter_zip
 
 def iter_file(path: str, stats: SourceStats, defer_reads: bool = False) -> Iterator[Input]:
     """A single local file: an image, a zip to expand, or something to skip and count."""
+    return _iter_file(path, stats, defer_reads, label_from_parent(path))
+
+
+def _iter_file(path: str, stats: SourceStats, defer_reads: bool,
+               label: int | None) -> Iterator[Input]:
     ext = extension(path)
     if ext == ZIP_EXTENSION:
         yield from _iter_local_zip(path, stats)
     elif ext in IMAGE_EXTENSIONS:
-        yield Input(path, None, None, label_from_parent(path), path) if defer_reads \
-            else _read_local(path)
+        yield Input(path, None, None, label, path) if defer_reads else _read_local(path, label)
     else:
         stats.skip(path)
 
@@ -39,14 +44,15 @@ def iter_file(path: str, stats: SourceStats, defer_reads: bool = False) -> Itera
 def walk_folder(root: str, stats: SourceStats, defer_reads: bool = False) -> Iterator[Input]:
     """Depth-first, sorted walk with an explicit stack (no recursion limit on deep trees)."""
     visited: set[tuple[int, int]] = set()
-    stack: list[Iterator[os.DirEntry[str]]] = []
+    stack: list[tuple[Iterator[os.DirEntry[str]], int | None]] = []
     entries = _list_dir(root, visited)
     if isinstance(entries, Input):
         yield entries
         return
-    stack.append(entries)
+    stack.append((entries, folder_label(root)))
     while stack:
-        entry = next(stack[-1], None)
+        entries, label = stack[-1]
+        entry = next(entries, None)
         if entry is None:
             stack.pop()
             continue
@@ -57,9 +63,9 @@ def walk_folder(root: str, stats: SourceStats, defer_reads: bool = False) -> Ite
             if isinstance(sub, Input):
                 yield sub
             elif sub is not None:
-                stack.append(sub)
-        else:
-            yield from iter_file(entry.path, stats, defer_reads)
+                stack.append((sub, folder_label(entry.path)))
+        else:  # every file of a folder has the folder's label: found once, not per file
+            yield from _iter_file(entry.path, stats, defer_reads, label)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
@@ -157,9 +163,9 @@ def load(item: Input) -> Input:
     return Input(item.name, data, error, item.label)
 
 
-def _read_local(path: str) -> Input:
+def _read_local(path: str, label: int | None) -> Input:
     data, error = read_file(path)
-    return Input(path, data, error, label_from_parent(path))
+    return Input(path, data, error, label)
 
 
 
