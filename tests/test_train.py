@@ -108,6 +108,9 @@ def test_cnn_with_augmentation_trains_exports_and_repeats(tmp_path, digits_cnn_b
     assert metrics["models"]["tflite_int8"]["accuracy"] > 0.8
     training = json.loads((digits_cnn_bundle / "manifest.json").read_text())["training"]
     assert training["arch"] == "cnn" and training["augment"] is True
+    from trainer import augment
+
+    assert training["augmentation"] == json.loads(json.dumps(augment.recipe()))
     # augmented epochs are made by a worker process from (seed, epoch): the run repeats exactly
     again = train_bundle(tmp_path / "again", *DIGITS_CNN_ARGS)
     second = json.loads((again / "metrics.json").read_text())
@@ -127,6 +130,7 @@ def test_each_architecture_takes_its_own_defaults_from_one_place(digits_cnn_bund
     assert cnn["epochs"] == 12  # given on the command line: it wins over the recipe
     mlp = json.loads((digits_bundle / "manifest.json").read_text())["training"]
     assert mlp["dropout"] == ARCH_DEFAULTS["mlp"]["dropout"] and mlp["hidden"] == [64]
+    assert mlp["augment"] is False and mlp["augmentation"] is None
     assert ARCH_DEFAULTS["cnn"] != ARCH_DEFAULTS["mlp"]
 
 

@@ -114,7 +114,7 @@ def paper(shape: tuple[int, int], rng: np.random.Generator, kind: str) -> np.nda
     if kind == "ruled":
         spacing = int(rng.integers(18, 32))
         rows = np.arange(int(rng.integers(0, spacing)), h, spacing)
-        rgb[rows] = (150, 170, 215)
+        rgb[rows] = (195, 205, 235)  # light blue lines, as printed on exercise paper
     return rgb
 
 

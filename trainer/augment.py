@@ -40,6 +40,15 @@ CROSS_CHANCE = 0.5  # augmented 7s given a crossbar
 CHUNK = 256  # images augmented per vectorised call (small arrays stay in cache: fastest)
 
 
+def recipe() -> dict:
+    """The augmentation's settings, for the bundle's manifest."""
+    return {"clean_fraction": CLEAN_FRACTION, "stroke_steps": list(STROKE_RANGE),
+            "shear": SHEAR_RANGE, "rotation_degrees": ROTATION_DEGREES,
+            "scale": list(SCALE_RANGE), "elastic_px": ELASTIC_PX, "jitter_px": JITTER_PX,
+            "continental_1_chance": FLAG_CHANCE, "crossed_7_chance": CROSS_CHANCE,
+            "reference_side": REFERENCE_SIDE}
+
+
 def augment(images: np.ndarray, rng: np.random.Generator,
             clean_fraction: float = CLEAN_FRACTION, labels: np.ndarray | None = None) -> np.ndarray:
     """uint8 (n, h, w) light-on-dark digits -> uint8 (n, h, w) augmented copies.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 ARCH_DEFAULTS: dict[str, dict] = {
     # hidden: Dense layer sizes (for the CNN, after its conv blocks); dropout after each of them
-    "mlp": {"hidden": (512, 256), "dropout": 0.3, "epochs": 18, "learning_rate": 1e-3},
+    "mlp": {"hidden": (512, 256), "dropout": 0.3, "epochs": 15, "learning_rate": 1e-3},
     "cnn": {"hidden": (128,), "dropout": 0.3, "epochs": 15, "learning_rate": 1e-3},
 }
 TUNABLES = ("hidden", "dropout", "epochs", "learning_rate")
