@@ -1,11 +1,11 @@
-"""trainer.augment: seeded and repeatable, and each transformation does what it claims."""
+"""trainer.augment and trainer.epochs: seeded, repeatable, and each transformation does its job."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from trainer import augment
+from trainer import augment, epochs
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_same_seed_gives_identical_images_and_another_seed_differs(digits):
 
 def test_epochs_repeat_bit_for_bit_and_differ_between_epochs_and_seeds(digits):
     x, y = digits
-    batches = [list(augment.epoch_batches(x, y, seed, epoch, 100))
+    batches = [list(epochs.epoch_batches(x, y, seed, epoch, 100))
                for seed, epoch in ((42, 0), (42, 0), (42, 1), (43, 0))]
     same, again, next_epoch, other_seed = ([np.concatenate([b[0] for b in run])
                                             for run in batches])
@@ -53,10 +53,10 @@ def test_worker_process_stream_matches_epoch_batches(digits):
     """The epoch stream made ahead by a worker process is exactly epoch_batches, epoch after
     epoch."""
     x, y = digits
-    with augment.EpochStream(x, y, seed=5, batch_size=128) as stream:
+    with epochs.EpochStream(x, y, seed=5, batch_size=128) as stream:
         for epoch in range(2):
             streamed = list(stream())
-            expected = list(augment.epoch_batches(x, y, 5, epoch, 128))
+            expected = list(epochs.epoch_batches(x, y, 5, epoch, 128))
             assert len(streamed) == len(expected) == 4
             for (xs, ys), (xe, ye) in zip(streamed, expected, strict=True):
                 assert np.array_equal(xs, xe) and np.array_equal(ys, ye)
@@ -64,9 +64,9 @@ def test_worker_process_stream_matches_epoch_batches(digits):
 
 def test_labels_are_untouched_and_every_image_is_used_once(digits):
     x, y = digits
-    order, images = augment.augmented_epoch(x, 42, 0)
+    order, images = epochs.augmented_epoch(x, 42, 0)
     assert sorted(order) == list(range(len(x)))
-    labels = np.concatenate([b[1] for b in augment.epoch_batches(x, y, 42, 0, 64)])
+    labels = np.concatenate([b[1] for b in epochs.epoch_batches(x, y, 42, 0, 64)])
     assert np.array_equal(labels, y[order])
     # clean images are the originals in the epoch's order: a match proves the pairing
     clean = np.all(images == x[order], axis=(1, 2))

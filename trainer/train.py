@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from scorer import report
 from scorer.images import DIGITS_8X8_GEOMETRY, MNIST_GEOMETRY
-from trainer import augment, data, export, plots
+from trainer import augment, data, epochs, export, plots
 from trainer.model import build_model
 from trainer.recipes import ARCH_DEFAULTS, TUNABLES
 
@@ -146,7 +146,7 @@ def training_batches(x: np.ndarray, y: np.ndarray,
     signature = (tf.TensorSpec((None, *x.shape[1:]), tf.float32),
                  tf.TensorSpec((None,), tf.as_dtype(y.dtype)))
     steps = -(-len(x) // settings.batch_size)
-    with augment.EpochStream(x, y, settings.seed, settings.batch_size) as stream:
+    with epochs.EpochStream(x, y, settings.seed, settings.batch_size) as stream:
         yield (tf.data.Dataset.from_generator(stream, output_signature=signature)
                .apply(tf.data.experimental.assert_cardinality(steps))
                .prefetch(PREFETCH_BATCHES))
