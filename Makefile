@@ -14,7 +14,7 @@ LAMBDA_PLATFORM ?= x86_64
 
 help:
 	@echo "make train    train, evaluate and export the model bundle to $(ARTIFACTS)/"
-	@echo "              (DATASET=mnist|digits ARCH=mlp|cnn ARTIFACTS=dir TRAIN_ARGS='--augment ...')"
+	@echo "              (DATASET=mnist|digits ARCH=mlp|cnn ARTIFACTS=dir TRAIN_ARGS='--no-augment ...')"
 	@echo "make test     run the test suite"
 	@echo "make bench    scoring throughput on 10,000 MNIST PNGs"
 	@echo "make lint     ruff"

@@ -14,7 +14,7 @@ from scorer.bundle import load_bundle
 from scorer.files import sha256_file
 from trainer import data, export
 
-from conftest import ROOT, train_bundle
+from conftest import DIGITS_BUNDLE_ARGS, DIGITS_CNN_ARGS, ROOT, train_bundle
 
 BUNDLE_FILES = {
     "model.tflite", "model_float32.tflite", "model.keras", "model_data.h", "manifest.json",
@@ -96,20 +96,150 @@ def test_c_array_holds_the_int8_model(digits_bundle):
 
 
 def test_same_seed_same_metrics(tmp_path, digits_bundle):
-    again = train_bundle(tmp_path / "again", "--dataset", "digits", "--epochs", "40",
-                         "--hidden", "64")
+    again = train_bundle(tmp_path / "again", *DIGITS_BUNDLE_ARGS)
     first = json.loads((digits_bundle / "metrics.json").read_text())["models"]
     second = json.loads((again / "metrics.json").read_text())["models"]
     for model in ("keras", "tflite_float32", "tflite_int8"):
         assert abs(first[model]["accuracy"] - second[model]["accuracy"]) <= 0.001
 
 
-def test_cnn_and_augmentation_train_and_export(tmp_path):
-    out = train_bundle(tmp_path / "cnn", "--dataset", "digits", "--arch", "cnn", "--augment",
-                       "--epochs", "3")
-    metrics = json.loads((out / "metrics.json").read_text())
+def test_cnn_with_augmentation_trains_exports_and_repeats(tmp_path, digits_cnn_bundle):
+    metrics = json.loads((digits_cnn_bundle / "metrics.json").read_text())
     assert metrics["models"]["tflite_int8"]["agreement_with_keras"] > 0.9
-    assert json.loads((out / "manifest.json").read_text())["training"]["arch"] == "cnn"
+    assert metrics["models"]["tflite_int8"]["accuracy"] > 0.8
+    training = json.loads((digits_cnn_bundle / "manifest.json").read_text())["training"]
+    assert training["arch"] == "cnn" and training["augment"] is True
+    from trainer import augment
+
+    assert training["augmentation"] == json.loads(json.dumps(augment.recipe()))
+    # augmented epochs are made by a worker process from (seed, epoch): the run repeats exactly
+    again = train_bundle(tmp_path / "again", *DIGITS_CNN_ARGS)
+    second = json.loads((again / "metrics.json").read_text())
+    assert second["models"] == metrics["models"]
+    assert json.loads((again / "training_history.json").read_text()) == json.loads(
+        (digits_cnn_bundle / "training_history.json").read_text())
+
+
+def test_each_architecture_takes_its_own_defaults_from_one_place(digits_cnn_bundle,
+                                                                  digits_bundle):
+    from trainer.recipes import ARCH_DEFAULTS
+
+    cnn = json.loads((digits_cnn_bundle / "manifest.json").read_text())["training"]
+    assert cnn["hidden"] == list(ARCH_DEFAULTS["cnn"]["hidden"])
+    assert cnn["dropout"] == ARCH_DEFAULTS["cnn"]["dropout"]
+    assert cnn["learning_rate"] == ARCH_DEFAULTS["cnn"]["learning_rate"]
+    assert cnn["epochs"] == 12  # given on the command line: it wins over the recipe
+    mlp = json.loads((digits_bundle / "manifest.json").read_text())["training"]
+    assert mlp["dropout"] == ARCH_DEFAULTS["mlp"]["dropout"] and mlp["hidden"] == [64]
+    assert mlp["augment"] is False and mlp["augmentation"] is None
+    assert ARCH_DEFAULTS["cnn"] != ARCH_DEFAULTS["mlp"]
+
+
+def test_settings_fill_only_what_was_not_given():
+    from trainer.recipes import ARCH_DEFAULTS
+    from trainer.train import Settings
+
+    cnn = Settings(arch="cnn").with_arch_defaults()
+    assert (cnn.hidden, cnn.dropout, cnn.epochs, cnn.learning_rate) == tuple(
+        ARCH_DEFAULTS["cnn"][k] for k in ("hidden", "dropout", "epochs", "learning_rate"))
+    mlp = Settings(arch="mlp", dropout=0.1).with_arch_defaults()
+    assert mlp.dropout == 0.1 and mlp.hidden == ARCH_DEFAULTS["mlp"]["hidden"]
+    assert Settings().augment is True
+
+
+def test_build_model_has_no_defaults_of_its_own():
+    import inspect
+
+    from trainer.model import build_model
+
+    params = inspect.signature(build_model).parameters
+    for name in ("hidden", "dropout", "learning_rate"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert params[name].default is inspect.Parameter.empty
+    with pytest.raises(TypeError):
+        build_model("mlp", (8, 8), (64,), 0.2, 1e-3)
+
+
+def test_help_shows_each_architectures_defaults_and_augmentation_on():
+    from trainer.recipes import describe
+
+    done = run_train("--help")
+    text = " ".join(done.stdout.split())
+    assert done.returncode == 0
+    assert " ".join(f"[default: {describe('hidden')}]".split()) in text
+    assert "--augment / --no-augment" in text and "[default: augment]" in text
+
+
+def test_no_augment_trains_on_the_plain_images_and_augment_changes_them():
+    from trainer.train import Settings, training_batches
+
+    dataset = data.load_digits(seed=42)
+    x, y = dataset.x_train[:200], dataset.y_train[:200]
+
+    def epoch(settings) -> tuple[np.ndarray, np.ndarray]:
+        with training_batches(x, y, settings) as batches:
+            got = list(batches.as_numpy_iterator())
+        return np.concatenate([b[0] for b in got]), np.concatenate([b[1] for b in got])
+
+    plain_x, plain_y = epoch(Settings(augment=False, batch_size=32, seed=1))
+    keys = sorted(zip(map(bytes, plain_x.astype(np.uint8)), plain_y, strict=True))
+    assert keys == sorted(zip(map(bytes, x), y, strict=True))  # the same images, reordered
+    aug_x, aug_y = epoch(Settings(augment=True, batch_size=32, seed=1))
+    assert sorted(aug_y) == sorted(y)
+    originals = {bytes(image) for image in x}
+    changed = np.mean([bytes(image) not in originals for image in aug_x.astype(np.uint8)])
+    assert 0.5 < changed < 0.9  # about 70 % augmented, the rest clean
+
+
+# The builtin operators TensorFlow Lite Micro's MicroMutableOpResolver registers (the subset a
+# digit classifier could plausibly use), from tflite-micro's micro_mutable_op_resolver.h.
+TFLM_BUILTIN_OPS = {
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE",
+    "FULLY_CONNECTED", "HARD_SWISH", "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PACK", "PAD",
+    "QUANTIZE", "RELU", "RELU6", "RESHAPE", "SHAPE", "SOFTMAX", "STRIDED_SLICE", "SUB",
+}
+
+
+@pytest.mark.parametrize("fixture", ["digits_bundle", "digits_cnn_bundle"])
+def test_int8_model_uses_only_tflite_micro_builtin_ops(fixture, request):
+    bundle = request.getfixturevalue(fixture)
+    ops = export.builtin_ops((bundle / "model.tflite").read_bytes())
+    assert "FULLY_CONNECTED" in ops and "SOFTMAX" in ops
+    assert ops <= TFLM_BUILTIN_OPS, ops - TFLM_BUILTIN_OPS
+    if fixture == "digits_cnn_bundle":
+        assert {"CONV_2D", "MAX_POOL_2D"} <= ops
+
+
+def test_op_reader_sees_ops_outside_the_allow_list():
+    """The check above can fail: a model with an op TFLM lacks is reported by name."""
+    import tensorflow as tf
+
+    model = tf.keras.Sequential([
+        tf.keras.Input((4,)),
+        tf.keras.layers.Lambda(lambda t: tf.math.reduce_prod(t, axis=1, keepdims=True)),
+    ])
+    ops = export.builtin_ops(export.to_tflite_float32(model))
+    assert "REDUCE_PROD" in ops and not ops <= TFLM_BUILTIN_OPS
+
+
+AUGMENTATION_LAYER_WORDS = ("random", "augment")
+
+
+@pytest.mark.parametrize("fixture", ["digits_bundle", "digits_cnn_bundle"])
+def test_exported_models_hold_no_augmentation(fixture, request):
+    import keras
+
+    bundle = request.getfixturevalue(fixture)
+    model = keras.models.load_model(bundle / "model.keras")
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert kinds <= {"Rescaling", "Flatten", "Dense", "Dropout", "Reshape", "Conv2D",
+                     "MaxPooling2D"}, kinds
+    names = " ".join(layer.name for layer in model.layers).lower()
+    assert not any(word in names for word in AUGMENTATION_LAYER_WORDS)
+    for file in ("model.tflite", "model_float32.tflite"):
+        ops = export.builtin_ops((bundle / file).read_bytes())
+        assert not any(op.startswith("CUSTOM") or "RANDOM" in op or "IMAGE" in op
+                       for op in ops), ops
 
 
 def test_mnist_bundle_scores_mnist(mnist_bundle):

@@ -8,9 +8,12 @@ import sys
 import click
 
 from trainer import __version__
+from trainer.recipes import describe
 
 
-def parse_hidden(_ctx, _param, value: str) -> tuple[int, ...]:
+def parse_hidden(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
     try:
         units = tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
@@ -28,21 +31,27 @@ def parse_hidden(_ctx, _param, value: str) -> tuple[int, ...]:
                    "instead of the cache, Keras's download or the package registry.")
 @click.option("--out", default="artifacts", help="Folder for the model bundle (replaced whole).")
 @click.option("--arch", type=click.Choice(["mlp", "cnn"]), default="mlp",
-              help="The seed's MLP, or a small CNN.")
-@click.option("--hidden", default="512,256", callback=parse_hidden,
-              help="MLP hidden layer sizes, comma-separated.")
-@click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3,
-              help="Dropout after each hidden layer.")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=30,
-              help="Most epochs; early stopping usually ends sooner.")
+              help="A Dense MLP, or a small CNN (TFLite Micro ops only). Each has its own "
+                   "recipe: the options below default to the chosen architecture's.")
+@click.option("--hidden", default=None, callback=parse_hidden,
+              help=f"Dense hidden layer sizes, comma-separated (the CNN's come after its conv "
+                   f"blocks).  [default: {describe('hidden')}]")
+@click.option("--dropout", type=click.FloatRange(0, 0.9), default=None,
+              help=f"Dropout after each hidden layer.  [default: {describe('dropout')}]")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=None,
+              help=f"Epochs (the learning-rate schedule spans them); early stopping may end "
+                   f"sooner.  [default: {describe('epochs')}]")
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=128, help="Training batch.")
-@click.option("--learning-rate", type=click.FloatRange(0, 1, min_open=True), default=1e-3,
-              help="Adam's initial learning rate (reduced on validation-loss plateaus).")
+@click.option("--learning-rate", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help=f"Adam's initial learning rate, cosine-decayed to 1 % of it by the last epoch.  "
+                   f"[default: {describe('learning_rate')}]")
 @click.option("--patience", type=click.IntRange(1, 100), default=5,
               help="Early stopping: epochs without validation-loss improvement.")
 @click.option("--seed", type=int, default=42, help="Seed for weights, shuffling and splits.")
-@click.option("--augment/--no-augment", default=False,
-              help="Light shifts, rotations and zoom of training images.")
+@click.option("--augment/--no-augment", default=True,
+              help="Vary stroke width, slant, rotation, scale, elastic wobble and position of "
+                   "most training images, freshly each epoch (seeded; never in the exported "
+                   "model). --no-augment trains on the plain images.")
 @click.option("--limit", type=click.IntRange(10, None), default=None,
               help="Train on at most this many images (quick runs and tests).")
 @click.version_option(__version__, prog_name="digits-train")

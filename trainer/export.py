@@ -57,6 +57,27 @@ def tflite_predict(model_content: bytes, x: np.ndarray) -> np.ndarray:
                            for i in range(0, len(x), EVAL_BATCH)])
 
 
+def builtin_ops(model_content: bytes) -> set[str]:
+    """Names of the builtin operators a .tflite flatbuffer uses (e.g. 'FULLY_CONNECTED'), read
+    from its operator codes with the schema bindings TensorFlow ships; custom ops appear as
+    'CUSTOM:<name>'."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items()
+             if not name.startswith("_")}
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_content), 0)
+    found = set()
+    for op in model.operatorCodes:
+        # the int8 field holds codes below 127; larger ones live in builtinCode only
+        code = max(op.builtinCode, op.deprecatedBuiltinCode)
+        name = names[code]
+        if name == "CUSTOM":
+            custom = op.customCode
+            name = f"CUSTOM:{custom.decode() if isinstance(custom, bytes) else custom}"
+        found.add(name)
+    return found
+
+
 def c_array(data: bytes, name: str = "model_tflite") -> str:
     """The bytes as a C header for TensorFlow Lite Micro, in the layout of `xxd -i`.
 

@@ -1,7 +1,9 @@
-"""The Keras models: the seed's Sequential MLP (default) and a small CNN (opt-in).
+"""The Keras models: a Sequential MLP (default) and a small CNN.
 
 Both take raw 0-255 pixels of shape (height, width): the scaling is a layer of the model, so the
-exported TFLite files need no preprocessing outside them.
+exported TFLite files need no preprocessing outside them. Both use only layers that convert to
+TensorFlow Lite Micro builtins (CONV_2D, MAX_POOL_2D, RESHAPE, FULLY_CONNECTED, SOFTMAX).
+Their default sizes live in `trainer.recipes`, not here.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ PIXEL_MAX = 255.0
 def build_model(
     arch: str,
     input_shape: tuple[int, int],
-    hidden: tuple[int, ...] = (256, 128),
-    dropout: float = 0.2,
-    learning_rate: float = 1e-3,
+    *,
+    hidden: tuple[int, ...],
+    dropout: float,
+    learning_rate: float,
 ) -> keras.Model:
     """A compiled model mapping float32 (n, height, width) raw pixels to (n, 10) probabilities."""
     if arch == "mlp":
         body = mlp_layers(hidden, dropout)
     elif arch == "cnn":
-        body = cnn_layers(input_shape, dropout)
+        body = cnn_layers(input_shape, hidden, dropout)
     else:
         raise ValueError(f"unknown architecture {arch!r}: choose 'mlp' or 'cnn'")
     model = keras.Sequential(
@@ -45,7 +48,11 @@ def build_model(
 
 
 def mlp_layers(hidden: tuple[int, ...], dropout: float) -> list[layers.Layer]:
-    stack: list[layers.Layer] = [layers.Flatten(name="flatten")]
+    return [layers.Flatten(name="flatten"), *dense_layers(hidden, dropout)]
+
+
+def dense_layers(hidden: tuple[int, ...], dropout: float) -> list[layers.Layer]:
+    stack: list[layers.Layer] = []
     for i, units in enumerate(hidden, start=1):
         stack.append(layers.Dense(units, activation="relu", name=f"hidden_{i}"))
         if dropout > 0:
@@ -53,8 +60,10 @@ def mlp_layers(hidden: tuple[int, ...], dropout: float) -> list[layers.Layer]:
     return stack
 
 
-def cnn_layers(input_shape: tuple[int, int], dropout: float) -> list[layers.Layer]:
-    """Two conv blocks; 'same' padding so the 8x8 digits fit as well as MNIST's 28x28."""
+def cnn_layers(input_shape: tuple[int, int], hidden: tuple[int, ...],
+               dropout: float) -> list[layers.Layer]:
+    """Conv blocks, then the Dense `hidden` layers; 'same' padding so the 8x8 digits fit as well
+    as MNIST's 28x28."""
     return [
         layers.Reshape((*input_shape, 1), name="add_channel"),
         layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_1"),
@@ -62,18 +71,5 @@ def cnn_layers(input_shape: tuple[int, int], dropout: float) -> list[layers.Laye
         layers.Conv2D(64, 3, padding="same", activation="relu", name="conv_2"),
         layers.MaxPooling2D(2, name="pool_2"),
         layers.Flatten(name="flatten"),
-        layers.Dropout(dropout, name="dropout"),
-        layers.Dense(128, activation="relu", name="hidden"),
+        *dense_layers(hidden, dropout),
     ]
-
-
-def augmentation(seed: int) -> keras.Sequential:
-    """Light augmentation of (n, h, w, 1) training batches; never part of the exported model."""
-    return keras.Sequential(
-        [
-            layers.RandomRotation(0.04, fill_mode="constant", seed=seed),
-            layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed + 1),
-            layers.RandomZoom(0.08, fill_mode="constant", seed=seed + 2),
-        ],
-        name="augment",
-    )

@@ -7,12 +7,15 @@ prepare the data -> build the model -> train -> evaluate (Keras, TFLite float32,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,13 +26,13 @@ import tensorflow as tf
 from scorer import report
 from scorer.bundle import Manifest, write_bundle
 from scorer.images import DIGITS_8X8_GEOMETRY, MNIST_GEOMETRY
-from trainer import data, export, plots
-from trainer.model import augmentation, build_model
+from trainer import augment, data, epochs, export, plots
+from trainer.model import build_model
+from trainer.recipes import ARCH_DEFAULTS, TUNABLES
 
 VALIDATION_FRACTION = 0.1
-LR_PLATEAU_FACTOR = 0.3
-LR_PLATEAU_PATIENCE = 2
-MIN_LEARNING_RATE = 1e-5
+PREFETCH_BATCHES = 8
+FINAL_LEARNING_RATE_FRACTION = 0.01  # cosine decay from the initial rate to 1 % of it
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,21 @@ class Settings:
     data_path: str | None = None
     out: str = "artifacts"
     arch: str = "mlp"
-    hidden: tuple[int, ...] = (512, 256)
-    dropout: float = 0.3
-    epochs: int = 30
+    hidden: tuple[int, ...] | None = None  # None: the architecture's recipe (trainer.recipes)
+    dropout: float | None = None
+    epochs: int | None = None
     batch_size: int = 128
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     patience: int = 5
     seed: int = 42
-    augment: bool = False
+    augment: bool = True
     limit: int | None = None
+
+    def with_arch_defaults(self) -> Settings:
+        """Every option left as None taken from the architecture's recipe."""
+        recipe = ARCH_DEFAULTS[self.arch]
+        return replace(self, **{name: recipe[name] for name in TUNABLES
+                                if getattr(self, name) is None})
 
 
 @dataclass
@@ -59,11 +68,12 @@ class Evaluation:
 def train_and_export(settings: Settings) -> dict:
     """Train, evaluate and export; returns metrics.json's content."""
     started = time.perf_counter()
+    settings = settings.with_arch_defaults()
     keras.utils.set_random_seed(settings.seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same data -> same metrics
     dataset = prepare_data(settings)
-    model = build_model(settings.arch, dataset.x_train.shape[1:], settings.hidden,
-                        settings.dropout, settings.learning_rate)
+    model = build_model(settings.arch, dataset.x_train.shape[1:], hidden=settings.hidden,
+                        dropout=settings.dropout, learning_rate=settings.learning_rate)
     model.summary(print_fn=lambda line, **_: print(line))
     history = train(model, dataset, settings)
     tflite = {
@@ -89,38 +99,58 @@ def prepare_data(settings: Settings) -> data.Dataset:
 
 
 def train(model: keras.Model, dataset: data.Dataset, settings: Settings) -> dict:
-    """Fit with early stopping on a validation split (the last 10 % of the training data)."""
+    """Fit with a cosine learning-rate decay over the epochs and early stopping on a validation
+    split (the last 10 % of the training data; the best epoch's weights are kept)."""
     n_val = max(1, int(len(dataset.x_train) * VALIDATION_FRACTION))
     x_fit, y_fit = dataset.x_train[:-n_val], dataset.y_train[:-n_val]
     x_val, y_val = dataset.x_train[-n_val:], dataset.y_train[-n_val:]
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience,
                                       restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=LR_PLATEAU_FACTOR,
-                                          patience=LR_PLATEAU_PATIENCE, min_lr=MIN_LEARNING_RATE),
+        keras.callbacks.LearningRateScheduler(cosine_decay(settings)),
     ]
-    history = model.fit(
-        training_batches(x_fit, y_fit, settings),
-        validation_data=(x_val.astype(np.float32), y_val),
-        epochs=settings.epochs,
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,  # progress bars for people, lines for logs
-    )
+    with training_batches(x_fit, y_fit, settings) as batches:
+        history = model.fit(
+            batches,
+            validation_data=(x_val.astype(np.float32), y_val),
+            epochs=settings.epochs,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,  # progress bars for people, lines for logs
+        )
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
-def training_batches(x: np.ndarray, y: np.ndarray, settings: Settings) -> tf.data.Dataset:
-    """Shuffled (seeded) batches of float32 raw pixels, augmented when asked."""
-    batches = (
-        tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y))
-        .shuffle(len(x), seed=settings.seed, reshuffle_each_iteration=True)
-        .batch(settings.batch_size)
-    )
-    if settings.augment:
-        augment = augmentation(settings.seed)
-        batches = batches.map(
-            lambda images, labels: (augment(images[..., None], training=True)[..., 0], labels))
-    return batches.prefetch(tf.data.AUTOTUNE)
+def cosine_decay(settings: Settings):
+    """epoch -> learning rate: half a cosine from the initial rate to its final fraction."""
+    def rate(epoch: int, _current: float) -> float:
+        progress = epoch / max(1, settings.epochs - 1)
+        share = FINAL_LEARNING_RATE_FRACTION + (1 - FINAL_LEARNING_RATE_FRACTION) * 0.5 * (
+            1 + math.cos(math.pi * progress))
+        return settings.learning_rate * share
+
+    return rate
+
+
+@contextlib.contextmanager
+def training_batches(x: np.ndarray, y: np.ndarray,
+                     settings: Settings) -> Iterator[tf.data.Dataset]:
+    """Shuffled (seeded) batches of float32 raw pixels. Augmented, each epoch's order and images
+    are a pure function of (seed, epoch), made by numpy in a worker process one epoch ahead."""
+    if not settings.augment:
+        yield (
+            tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y))
+            .shuffle(len(x), seed=settings.seed, reshuffle_each_iteration=True)
+            .batch(settings.batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        return
+    signature = (tf.TensorSpec((None, *x.shape[1:]), tf.float32),
+                 tf.TensorSpec((None,), tf.as_dtype(y.dtype)))
+    steps = -(-len(x) // settings.batch_size)
+    with epochs.EpochStream(x, y, settings.seed, settings.batch_size) as stream:
+        yield (tf.data.Dataset.from_generator(stream, output_signature=signature)
+               .apply(tf.data.experimental.assert_cardinality(steps))
+               .prefetch(PREFETCH_BATCHES))
 
 
 def evaluate(model: keras.Model, tflite: dict[str, bytes], dataset: data.Dataset) -> Evaluation:
@@ -222,7 +252,8 @@ def manifest(settings: Settings, dataset: data.Dataset, metrics: dict) -> Manife
                 "keras": "model.keras"},
         dataset={"name": dataset.name, "source": dataset.source,
                  "train_samples": len(dataset.x_train), "test_samples": len(dataset.x_test)},
-        training={**asdict(settings), "hidden": list(settings.hidden)},
+        training={**asdict(settings), "hidden": list(settings.hidden),
+                  "augmentation": augment.recipe() if settings.augment else None},
         versions=versions(),
         metrics={"int8_accuracy": metrics["models"]["tflite_int8"]["accuracy"],
                  "keras_accuracy": metrics["models"]["keras"]["accuracy"]},
