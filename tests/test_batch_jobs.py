@@ -22,7 +22,7 @@ from scorer.bundle import load_bundle
 
 from moto_server import _reset_scorer_client, moto_endpoint, moto_server  # noqa: F401
 
-BATCH = 100  # items per batch, as the template's MaxItemsPerBatch would cut them
+BATCH = 100  # items per batch (the template's MaxItemsPerBatch; smaller here, for more parts)
 
 
 class Context:  # what the Lambda runtime passes
