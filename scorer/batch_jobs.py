@@ -21,12 +21,9 @@ import base64
 import csv
 import hashlib
 import io
-import json
 import posixpath
 import re
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -35,7 +32,16 @@ from scorer.bundle import Bundle
 from scorer.job import Tally, run_job, run_summary
 from scorer.outputs import LABEL_COLUMN, S3Upload, copy_without_column, csv_header, write_report
 from scorer.s3_jobs import Config, prefix_outputs
-from scorer.s3client import client, error_code, parse_s3_url, s3_errors, s3_url
+from scorer.s3client import (
+    FETCH_WORKERS,
+    delete_under,
+    fetch_in_order,
+    get_json,
+    list_keys,
+    parse_s3_url,
+    put_json,
+    s3_url,
+)
 from scorer.sources import SourceStats
 
 PART_FORMAT = 1
@@ -43,8 +49,6 @@ JOB_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,79}$")  # an execution name
 PART_META = re.compile(r"^[0-9a-f]{32}\.json$")
 COUNTS = ("rows", "objects", "skipped", "scored", "review", "blank", "failed", "labelled",
           "correct")
-FETCH_WORKERS = 16  # concurrent GETs of parts while merging
-DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 
 
 # ---------------------------------------------------------------- naming
@@ -279,60 +283,3 @@ def shown_examples(bucket: str, parts: list[dict], y_true: np.ndarray, y_pred: n
         for i in rows:
             examples[i] = _example(kept[i - int(starts[number])])
     return ([examples[int(i)] for i in misclassified], [examples[int(i)] for i in least])
-
-
-# ---------------------------------------------------------------- small S3 helpers
-
-
-def put_json(bucket: str, key: str, doc: dict) -> None:
-    client().put_object(Bucket=bucket, Key=key, ContentType="application/json",
-                        Body=json.dumps(doc, ensure_ascii=False).encode("utf-8"))
-
-
-def get_json(bucket: str, key: str) -> dict | None:
-    """The JSON object at the key, or None if there is none."""
-    try:
-        body = client().get_object(Bucket=bucket, Key=key)["Body"]
-    except s3_errors() as exc:
-        if error_code(exc) in ("NoSuchKey", "404"):
-            return None
-        raise
-    with body:
-        return json.loads(body.read())
-
-
-def list_keys(bucket: str, prefix: str) -> Iterator[str]:
-    for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        yield from (obj["Key"] for obj in page.get("Contents", []))
-
-
-def fetch_in_order(bucket: str, keys: list[str]) -> Iterator[bytes]:
-    """The objects' bodies, in the given order, fetched a bounded window ahead."""
-    pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="part-get")
-    window: deque[Future[bytes]] = deque()
-
-    def get(key: str) -> bytes:
-        with client().get_object(Bucket=bucket, Key=key)["Body"] as body:
-            return body.read()
-
-    try:
-        for key in keys:
-            window.append(pool.submit(get, key))
-            if len(window) >= 2 * FETCH_WORKERS:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def delete_under(bucket: str, prefix: str) -> int:
-    """Delete every object under the prefix; returns how many there were."""
-    keys = list(list_keys(bucket, prefix))
-    for start in range(0, len(keys), DELETE_BATCH):
-        batch = keys[start:start + DELETE_BATCH]
-        response = client().delete_objects(Bucket=bucket, Delete={
-            "Objects": [{"Key": key} for key in batch], "Quiet": True})
-        if response.get("Errors"):
-            raise RuntimeError(f"could not delete parts: {response['Errors'][:3]}")
-    return len(keys)

@@ -246,3 +246,36 @@ def test_part_ids_depend_on_the_keys_only_and_overlapping_parts_are_refused():
     assert [p["part"] for p in ordered] == ["1", "2", "0"]
     with pytest.raises(ValueError, match="overlap"):
         batch_jobs.in_key_order([part("1", "k1", "k3"), part("2", "k2", "k4")])
+
+
+def test_a_failed_batch_leaves_no_part_and_its_retry_completes_the_job(moto_endpoint, handler,  # noqa: F811
+                                                                       mnist, mnist_bundle):
+    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    objects = {f"incoming/scan/{i:04d}.png": png(mnist.x_test[i]) for i in range(120)}
+    put_all(s3, bucket, objects)
+    source = f"s3://{bucket}/incoming/scan/"
+    first, second = batches("job-2", source, listed_items(s3, bucket, "incoming/scan/"))
+    s3.delete_object(Bucket=bucket, Key="incoming/scan/0110.png")  # gone after the listing
+    handler(first)
+    with pytest.raises(Exception, match="NoSuchKey"):  # raised: Step Functions retries it
+        handler(second)
+    parts = keys_under(s3, bucket, "predictions/.jobs/job-2/parts/")
+    assert sum(k.endswith(".json") and not k.endswith(".examples.json") for k in parts) == 1
+    s3.put_object(Bucket=bucket, Key="incoming/scan/0110.png", Body=objects[
+        "incoming/scan/0110.png"])
+    handler(second)  # the retry succeeds
+    merged = handler({"merge": {"job_id": "job-2", "source": source}})
+    assert merged["rows"] == merged["scored"] + merged["blank"] == 120
+    rows = list(csv.DictReader(io.StringIO(
+        read(s3, bucket, "predictions/scan/predictions.csv").decode("utf-8"), newline="")))
+    assert [r["source"] for r in rows] == [f"s3://{bucket}/{k}" for k in sorted(objects)]
+    assert keys_under(s3, bucket, "predictions/.jobs/job-2/parts/") == []
+
+
+def test_merging_a_job_without_parts_is_an_error(moto_endpoint, handler):  # noqa: F811
+    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    with pytest.raises(ValueError, match="no parts"):
+        handler({"merge": {"job_id": "never-ran", "source": f"s3://{bucket}/incoming/x/"}})
+    assert keys_under(s3, bucket, "") == []
