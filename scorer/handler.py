@@ -1,7 +1,8 @@
 """AWS Lambda entry point: a thin adapter from events to `scorer.s3_jobs`.
 
 Events: S3 notifications (direct, wrapped in SQS messages, or via EventBridge), S3 Batch
-Operations (invocation schema 1.0 and 2.0), and `{"source": "s3://bucket/prefix/"}`.
+Operations (invocation schema 1.0 and 2.0), `{"source": "s3://bucket/prefix/"}`, and the
+scale-out job's Distributed Map batches and final merge (`scorer.batch_jobs`).
 Corrupt images become CSV rows; S3 errors raise, so SQS retries them (then the dead-letter queue).
 """
 
@@ -28,7 +29,7 @@ from aws_lambda_powertools.utilities.data_classes.s3_batch_operation_event impor
     S3BatchOperationResponse,
 )
 
-from scorer import s3_jobs
+from scorer import batch_jobs, s3_jobs
 from scorer.bundle import Bundle, load_bundle
 
 logger = Logger(service="digits-scorer")
@@ -53,6 +54,13 @@ def handler(event: dict, context) -> dict:
                                         context=context)
     if "invocationSchemaVersion" in event:
         return batch_operation(S3BatchOperationEvent(event))
+    if "BatchInput" in event and "Items" in event:  # a Step Functions Distributed Map batch
+        result, tally = batch_jobs.score_batch(event["BatchInput"], event["Items"],
+                                               *bundle_and_config())
+        record_metrics(tally)
+        return result
+    if "merge" in event:  # the scale-out job's last step: parts -> one CSV and one report
+        return batch_jobs.merge_job(event["merge"], *bundle_and_config())
     if "source" in event and str(event["source"]).startswith("s3://"):
         out, tally = s3_jobs.score_prefix(event["source"], *bundle_and_config())
         record_metrics(tally)

@@ -32,6 +32,7 @@ class Tally:
     failed: int = 0
     labelled: int = 0
     correct: int = 0
+    any_label: bool = False  # some row (of any status) has a label: the CSV has a label column
     started: float = field(default_factory=time.perf_counter)
     ended: float | None = None
     y_true: list[int] = field(default_factory=list, repr=False)
@@ -39,6 +40,7 @@ class Tally:
     confidence: list[float] = field(default_factory=list, repr=False)
 
     def add(self, row: Row) -> None:
+        self.any_label = self.any_label or row.label is not None
         if row.status == STATUS_ERROR:
             self.failed += 1
             return
@@ -99,15 +101,19 @@ class Tally:
 def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str | None = None, *,
             workers: int | None = None, batch_size: int = 256, probabilities: bool = False,
             min_confidence: float | None = None, progress=None, run_info: dict | None = None,
-            timings: bool = True) -> Tally:
+            timings: bool = True, label_column: bool | None = None,
+            collector: report.ExampleCollector | None = None) -> Tally:
     """Score `inputs` into the CSV at `out` (path, '-' or s3:// URL). With `report_dir` and at
     least one labelled image, also write the report there. Predictions below `min_confidence`
     get status "review". `progress` wraps the row iterator (e.g. a tqdm bar). Nothing is
     published unless every row was written. `timings=False` keeps speed and clock time out of
-    the report, so the same inputs give byte-identical outputs."""
-    sink = PredictionsCsv(out, bundle.labels, probabilities)
+    the report, so the same inputs give byte-identical outputs. `label_column=True` keeps the
+    label column even when no row has a label (parts of a job that are merged later); a given
+    `collector` is fed the labelled predictions (with their images) even without `report_dir`."""
+    sink = PredictionsCsv(out, bundle.labels, probabilities, label_column=label_column)
     tally = Tally()
-    collector = report.ExampleCollector() if report_dir else None
+    if collector is None and report_dir:
+        collector = report.ExampleCollector()
     try:
         rows = score(inputs, bundle, workers=workers, batch_size=batch_size,
                      keep_probabilities=probabilities, min_confidence=min_confidence)

@@ -12,12 +12,15 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TextIO
 
 from scorer.files import atomic_write
 from scorer.pipeline import Row
 from scorer.s3client import client, is_s3, parse_s3_url
 
 BASE_COLUMNS = ["source", "prediction", "confidence", "status", "error"]
+LABEL_COLUMN = len(BASE_COLUMNS)  # index of "label", when there is one
+MULTIPART_CHUNK = 8 * 1024 * 1024  # bytes per uploaded part; S3 wants >= 5 MiB but the last
 
 
 def csv_header(labels: list[str], with_label: bool, with_probabilities: bool) -> list[str]:
@@ -44,12 +47,14 @@ def csv_fields(row: Row, labels: list[str], with_label: bool,
 
 class PredictionsCsv:
     """Streams rows (always with a label column) to a temporary file; `finish` drops the label
-    column if no row had a label, then publishes the file to its target."""
+    column if no row had a label (unless `label_column` is True), then publishes the file."""
 
-    def __init__(self, target: str, labels: list[str], with_probabilities: bool):
+    def __init__(self, target: str, labels: list[str], with_probabilities: bool,
+                 label_column: bool | None = None):
         self.target = target
         self.labels = labels
         self.with_probabilities = with_probabilities
+        self.label_column = label_column
         self.any_label = False
         self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in finish/abort)
             "w", newline="", encoding="utf-8", suffix=".csv", delete=False,
@@ -71,8 +76,8 @@ class PredictionsCsv:
     def finish(self) -> None:
         self.file.close()
         path = self.file.name
-        if not self.any_label:
-            path = drop_column(path, BASE_COLUMNS.index("error") + 1)
+        if not self.any_label and self.label_column is not True:
+            path = drop_column(path, LABEL_COLUMN)
         publish_file(path, self.target)
 
     def abort(self) -> None:
@@ -91,11 +96,69 @@ def drop_column(path: str, index: int) -> str:
     fd, stripped = tempfile.mkstemp(suffix=".csv", dir=os.path.dirname(path))
     with open(path, newline="", encoding="utf-8") as source, \
             os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
-        writer = csv.writer(out)
-        for fields in csv.reader(source):
-            writer.writerow(fields[:index] + fields[index + 1 :])
+        copy_without_column(source, out, index)
     os.unlink(path)
     return stripped
+
+
+def copy_without_column(source: TextIO, out: TextIO, index: int) -> None:
+    """CSV text from `source` to `out` (RFC 4180 quoting kept), without column `index`."""
+    writer = csv.writer(out)
+    for fields in csv.reader(source):
+        writer.writerow(fields[:index] + fields[index + 1 :])
+
+
+class S3Upload:
+    """Bytes streamed into one S3 object through a multipart upload, `part_size` bytes per part,
+    so that a file of any size never sits in memory. Nothing appears at the key until `finish`;
+    `abort` (or an error) discards the parts. Less than one part in all is a single PUT."""
+
+    def __init__(self, url: str, content_type: str = "text/csv", part_size: int | None = None):
+        self.bucket, self.key = parse_s3_url(url)
+        self.content_type = content_type
+        self.part_size = part_size or MULTIPART_CHUNK
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= self.part_size:
+            self._upload_part(bytes(self.buffer[: self.part_size]))
+            del self.buffer[: self.part_size]
+
+    def _upload_part(self, data: bytes) -> None:
+        if self.upload_id is None:
+            self.upload_id = client().create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, ContentType=self.content_type)["UploadId"]
+        number = len(self.parts) + 1
+        etag = client().upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                    PartNumber=number, Body=data)["ETag"]
+        self.parts.append({"PartNumber": number, "ETag": etag})
+
+    def finish(self) -> None:
+        try:
+            if self.upload_id is None:
+                client().put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer),
+                                    ContentType=self.content_type)
+                return
+            if self.buffer:
+                self._upload_part(bytes(self.buffer))
+            client().complete_multipart_upload(Bucket=self.bucket, Key=self.key,
+                                               UploadId=self.upload_id,
+                                               MultipartUpload={"Parts": self.parts})
+        except BaseException:
+            self.abort()
+            raise
+        self.buffer.clear()
+
+    def abort(self) -> None:
+        """Discard what was uploaded (the bucket's lifecycle rule catches what this misses)."""
+        self.buffer.clear()
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            client().abort_multipart_upload(Bucket=self.bucket, Key=self.key,
+                                            UploadId=upload_id)
 
 
 def publish_file(path: str, target: str) -> None:

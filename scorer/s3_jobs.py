@@ -93,15 +93,22 @@ def score_object(bucket: str, key: str, bundle: Bundle, config: Config) -> tuple
     return out, tally
 
 
-def score_prefix(source: str, bundle: Bundle, config: Config) -> tuple[str, Tally]:
-    """Every image and archive under an s3:// prefix -> one CSV (and one report when labelled)
-    at `<output prefix><prefix below the input prefix>/predictions.csv`."""
+def prefix_outputs(source: str, config: Config) -> tuple[str, str]:
+    """Where a prefix job on `source` writes: (CSV URL, report folder URL), i.e.
+    `<output prefix><prefix below the input prefix>/predictions.csv` and `.../report/`."""
     bucket, prefix = parse_s3_url(source)
     folder = relative(prefix, config).strip("/")
     base = f"{folder}/" if folder else ""
-    out = output_url(bucket, f"{base}predictions.csv", config)
+    return (output_url(bucket, f"{base}predictions.csv", config),
+            output_url(bucket, f"{base}report/", config))
+
+
+def score_prefix(source: str, bundle: Bundle, config: Config) -> tuple[str, Tally]:
+    """Every image and archive under an s3:// prefix -> one CSV (and one report when labelled)
+    at `prefix_outputs(source)`."""
+    out, report_dir = prefix_outputs(source, config)
     inputs = sources.iter_inputs([source], SourceStats(), fail_fast=True)
-    tally = run_job(inputs, bundle, out, output_url(bucket, f"{base}report/", config),
+    tally = run_job(inputs, bundle, out, report_dir,
                     workers=1, timings=False, min_confidence=config.min_confidence,
                     run_info={"source": source})
     return out, tally

@@ -1,4 +1,5 @@
-"""S3 URLs and the one S3 client of a process (a leaf: sources, outputs and jobs share it).
+"""S3 URLs, the one S3 client of a process, and small object helpers (JSON, listing, ordered
+concurrent GETs, bulk delete). A leaf: sources, outputs and jobs share it.
 
 boto3 is imported only when a client is first needed: local scoring never pays for it.
 Configuration is boto3's own: the default credentials chain, the region from the environment,
@@ -8,11 +9,17 @@ and ``AWS_ENDPOINT_URL`` for S3-compatible endpoints (read by boto3 >= 1.28 by i
 from __future__ import annotations
 
 import functools
+import json
 import re
 import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 MAX_POOL_CONNECTIONS = 20  # >= the threads that fetch objects at once (scorer.sources.s3)
+FETCH_WORKERS = 16  # concurrent GETs of fetch_in_order (and of merged job parts)
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 _S3_URL = re.compile(r"^s3://([A-Za-z0-9._-]+)(?:/(.*))?$", re.IGNORECASE | re.DOTALL)
 _client_lock = threading.Lock()
 
@@ -65,3 +72,60 @@ def error_code(exc: BaseException) -> str:
     """The S3 error code of a ClientError ("NoSuchKey", "SlowDown", ...), else ""."""
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
+
+
+# ---------------------------------------------------------------- small object helpers
+
+
+def put_json(bucket: str, key: str, doc: dict) -> None:
+    client().put_object(Bucket=bucket, Key=key, ContentType="application/json",
+                        Body=json.dumps(doc, ensure_ascii=False).encode("utf-8"))
+
+
+def get_json(bucket: str, key: str) -> dict | None:
+    """The JSON object at the key, or None if there is none."""
+    try:
+        body = client().get_object(Bucket=bucket, Key=key)["Body"]
+    except s3_errors() as exc:
+        if error_code(exc) in ("NoSuchKey", "404"):
+            return None
+        raise
+    with body:
+        return json.loads(body.read())
+
+
+def list_keys(bucket: str, prefix: str) -> Iterator[str]:
+    for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        yield from (obj["Key"] for obj in page.get("Contents", []))
+
+
+def fetch_in_order(bucket: str, keys: list[str]) -> Iterator[bytes]:
+    """The objects' bodies, in the given order, fetched a bounded window ahead."""
+    pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="part-get")
+    window: deque[Future[bytes]] = deque()
+
+    def get(key: str) -> bytes:
+        with client().get_object(Bucket=bucket, Key=key)["Body"] as body:
+            return body.read()
+
+    try:
+        for key in keys:
+            window.append(pool.submit(get, key))
+            if len(window) >= 2 * FETCH_WORKERS:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def delete_under(bucket: str, prefix: str) -> int:
+    """Delete every object under the prefix; returns how many there were."""
+    keys = list(list_keys(bucket, prefix))
+    for start in range(0, len(keys), DELETE_BATCH):
+        batch = keys[start:start + DELETE_BATCH]
+        response = client().delete_objects(Bucket=bucket, Delete={
+            "Objects": [{"Key": key} for key in batch], "Quiet": True})
+        if response.get("Errors"):
+            raise RuntimeError(f"could not delete parts: {response['Errors'][:3]}")
+    return len(keys)

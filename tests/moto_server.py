@@ -13,6 +13,7 @@ state is shared by the session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -59,8 +60,10 @@ def _reset_scorer_client() -> None:
     s3client.reset_client()
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
+@contextlib.contextmanager
+def moto_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    """A moto server in a subprocess (with extra environment `env`, e.g. moto's own settings
+    such as ``S3_UPLOAD_PART_MIN_SIZE``); yields its URL, stops it afterwards."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile(prefix="moto-server-", suffix=".log", delete=False)  # noqa: SIM115
@@ -68,10 +71,25 @@ def moto_endpoint() -> Iterator[str]:
         [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"],
         stdout=log,
         stderr=subprocess.STDOUT,  # to a file, never a pipe nobody drains
+        env={**os.environ, **(env or {})},
     )
-    mp = pytest.MonkeyPatch()
     try:
         _wait_until_up(url, proc, log.name)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    with moto_server() as url, pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ENDPOINT_URL", url)
         mp.setenv("AWS_ACCESS_KEY_ID", "testing")
         mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -83,15 +101,8 @@ def moto_endpoint() -> Iterator[str]:
         mp.setenv("AWS_CONFIG_FILE", os.devnull)
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
         _reset_scorer_client()
-        yield url
-    finally:
-        mp.undo()
-        _reset_scorer_client()
-        proc.terminate()
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        os.unlink(log.name)
+            yield url
+        finally:
+            mp.undo()
+            _reset_scorer_client()

@@ -22,6 +22,9 @@ import samtranslator.translator.translator as translator
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "infra" / "template.yaml"
+DEFINITION = ROOT / "infra" / "statemachine.asl.json"
+LAMBDA_ERRORS = {"Lambda.TooManyRequestsException", "Lambda.ServiceException",
+                 "Lambda.SdkClientException", "Lambda.AWSLambdaException"}
 
 IMAGE_SUFFIXES = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".zip"]
 PSEUDO = {
@@ -31,7 +34,8 @@ PSEUDO = {
     "AWS::StackName": "digits",
     "AWS::NoValue": None,
 }
-S3_OBJECT_ACTIONS = {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject"}
+S3_OBJECT_ACTIONS = {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject",
+                     "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +130,16 @@ def function(template: dict) -> dict:
     return fn["Properties"]
 
 
+def state_machine(template: dict) -> dict:
+    (machine,) = resources_of_type(template, "AWS::Serverless::StateMachine").values()
+    return machine["Properties"]
+
+
 def iam_statements(template: dict, r: Resolver) -> list[dict]:
-    """Every identity-policy statement in the template, resolved (function and IAM roles)."""
+    """Every identity-policy statement in the template, resolved (function, state machine and
+    IAM roles)."""
     statements = []
-    for policy in function(template).get("Policies", []):
+    for policy in function(template).get("Policies", []) + state_machine(template)["Policies"]:
         assert "Statement" in policy, f"only inline statements are allowed, not {policy}"
         statements += policy["Statement"]
     for role in resources_of_type(template, "AWS::IAM::Role").values():
@@ -183,6 +193,10 @@ def translated(template) -> dict:
     sam = copy.deepcopy(template)
     # `sam deploy` uploads the local zip and rewrites CodeUri to its S3 location.
     sam["Resources"]["ScorerFunction"]["Properties"]["CodeUri"] = "s3://deploy-bucket/lambda.zip"
+    # ... and the state machine's DefinitionUri likewise; inline, cfn-lint checks it as well.
+    machine = sam["Resources"]["ScaleOutStateMachine"]["Properties"]
+    assert machine.pop("DefinitionUri") == DEFINITION.name
+    machine["Definition"] = json.loads(DEFINITION.read_text())
     managed = {
         name: f"arn:aws:iam::aws:policy/service-role/{name}"
         for name in ("AWSLambdaBasicExecutionRole", "AWSLambdaSQSQueueExecutionRole")
@@ -198,7 +212,8 @@ def translated(template) -> dict:
 def test_sam_transform_output_is_cfn_lint_clean(translated, tmp_path):
     assert "Transform" not in translated
     types = {v["Type"] for v in translated["Resources"].values()}
-    assert {"AWS::Lambda::Function", "AWS::IAM::Role", "AWS::Lambda::EventSourceMapping"} <= types
+    assert {"AWS::Lambda::Function", "AWS::IAM::Role", "AWS::Lambda::EventSourceMapping",
+            "AWS::StepFunctions::StateMachine"} <= types
     out = tmp_path / "translated.json"
     out.write_text(json.dumps(translated, indent=1))
     done = cfn_lint("--include-checks", "I", "--", str(out))
@@ -249,17 +264,25 @@ def test_function_reads_only_inputs_and_writes_only_predictions(template, prefix
     bucket_arn = f"arn:aws:s3:::{r.bucket_name()}"
     inp, out = r.params["InputPrefix"], r.params["OutputPrefix"]
     statements = [r(s) for p in function(template)["Policies"] for s in p["Statement"]]
-    (get,) = statements_with(statements, "s3:GetObject")
-    assert as_list(get["Resource"]) == [f"{bucket_arn}/{inp}*"]
-    assert as_list(get["Action"]) == ["s3:GetObject"]
+    jobs = f"{bucket_arn}/{out}.jobs/*"  # scale-out jobs' parts, under the output prefix
+    read, parts = statements_with(statements, "s3:GetObject")
+    assert as_list(read["Resource"]) == [f"{bucket_arn}/{inp}*"]
+    assert as_list(read["Action"]) == ["s3:GetObject"]
+    assert as_list(parts["Resource"]) == [jobs]
+    assert set(as_list(parts["Action"])) == {"s3:GetObject", "s3:DeleteObject"}
     (put,) = statements_with(statements, "s3:PutObject")
     assert as_list(put["Resource"]) == [f"{bucket_arn}/{out}*"]
     assert as_list(put["Action"]) == ["s3:PutObject"]
-    (listing,) = statements_with(statements, "s3:ListBucket")
-    assert as_list(listing["Resource"]) == [bucket_arn]
-    assert listing["Condition"] == {"StringLike": {"s3:prefix": f"{inp}*"}}
+    inputs, listed_parts = statements_with(statements, "s3:ListBucket")
+    assert as_list(inputs["Resource"]) == as_list(listed_parts["Resource"]) == [bucket_arn]
+    assert inputs["Condition"] == {"StringLike": {"s3:prefix": f"{inp}*"}}
+    assert listed_parts["Condition"] == {"StringLike": {"s3:prefix": f"{out}.jobs/*"}}
+    (abort,) = statements_with(statements, "s3:AbortMultipartUpload")
+    assert as_list(abort["Resource"]) == [f"{bucket_arn}/{out}*"]
+    for s in statements_with(statements, "s3:DeleteObject"):
+        assert as_list(s["Resource"]) == [jobs]  # never an upload, never a prediction
     actions = {a for s in statements for a in as_list(s["Action"])}
-    assert not {"s3:DeleteObject", "s3:PutObjectAcl", "s3:GetObjectVersion"} & actions
+    assert not {"s3:PutObjectAcl", "s3:GetObjectVersion"} & actions
     (consume,) = statements_with(statements, "sqs:ReceiveMessage")
     assert consume["Resource"] == "<Queue.Arn>"
     assert set(consume["Action"]) == {"sqs:ReceiveMessage", "sqs:DeleteMessage",
@@ -429,7 +452,8 @@ def test_dead_letter_alarm_fires_on_any_message(template):
 
 def test_outputs(template):
     assert {"BucketName", "QueueUrl", "DeadLetterQueueUrl", "FunctionArn",
-            "BatchOperationsRoleArn"} <= set(template["Outputs"])
+            "BatchOperationsRoleArn", "StateMachineArn"} <= set(template["Outputs"])
+    assert template["Outputs"]["StateMachineArn"]["Value"] == {"Ref": "ScaleOutStateMachine"}
 
 
 # ---------------------------------------------------------------- no recursive trigger
@@ -486,3 +510,189 @@ def test_function_cannot_write_where_uploads_trigger_it(template):
             for n in notified:
                 assert not key_prefix.startswith(n) and not n.startswith(key_prefix), (
                     key_prefix, n)
+
+
+# ---------------------------------------------------------------- scale-out state machine
+
+
+def definition(template: dict, **overrides: str) -> dict:
+    """infra/statemachine.asl.json with DefinitionSubstitutions applied, as deployed."""
+    r = Resolver(template, **overrides)
+    machine = state_machine(template)
+    assert machine["DefinitionUri"] == DEFINITION.name
+    subs = {k: str(v) for k, v in r(machine["DefinitionSubstitutions"]).items()}
+    text = DEFINITION.read_text()
+    json.loads(text)  # valid JSON before substitution too (the file as written)
+    placeholders = set(re.findall(r"\$\{(\w+)\}", text))
+    assert placeholders == set(subs), placeholders ^ set(subs)
+    return json.loads(re.sub(r"\$\{(\w+)\}", lambda m: subs[m.group(1)], text))
+
+
+def parse_source(asl: dict, source) -> dict:
+    """Evaluate the ParseSource state's JSONata on an execution input (as Step Functions does)."""
+    import jsonata
+
+    state = asl["States"]["ParseSource"]
+    assert state["QueryLanguage"] == "JSONata"
+    expression = state["Output"]
+    assert expression.startswith("{%") and expression.endswith("%}")
+    evaluator = jsonata.Jsonata(expression[2:-2])
+    evaluator.assign("states", {"input": {"source": source}})
+    return evaluator.evaluate(None)
+
+
+def retriers(state: dict) -> dict[str, dict]:
+    return {error: retry for retry in state["Retry"] for error in retry["ErrorEquals"]}
+
+
+def test_state_machine_lists_the_source_and_batches_it_to_the_function(template):
+    asl = definition(template)
+    machine = state_machine(template)
+    assert machine["Type"] == "STANDARD"
+    assert asl["StartAt"] == "ParseSource"
+    assert asl["States"]["ParseSource"]["Next"] == "CheckSource"
+    check = asl["States"]["CheckSource"]
+    assert check["Choices"] == [{"Variable": "$.valid", "BooleanEquals": True,
+                                 "Next": "ScoreBatches"}]
+    assert asl["States"][check["Default"]]["Type"] == "Fail"
+
+    scoring = asl["States"]["ScoreBatches"]
+    assert scoring["Type"] == "Map" and scoring["Next"] == "Merge"
+    assert scoring["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
+    assert scoring["ItemReader"] == {"Resource": "arn:aws:states:::s3:listObjectsV2",
+                                     "Parameters": {"Bucket.$": "$.bucket",
+                                                    "Prefix.$": "$.prefix"}}
+    batcher = scoring["ItemBatcher"]
+    assert batcher["BatchInput"] == {"job_id.$": "$$.Execution.Name", "source.$": "$.source"}
+    assert batcher["MaxItemsPerBatchPath"] == "$.settings.max_items_per_batch"
+    assert batcher["MaxInputBytesPerBatch"] <= 256 * 1024
+    assert scoring["MaxConcurrencyPath"] == "$.settings.max_concurrency"
+    assert scoring["ToleratedFailurePercentagePath"] == "$.settings.tolerated_failure_percentage"
+    assert scoring["ResultWriter"]["Parameters"] == {"Bucket": "digits-123456789012-eu-west-1",
+                                                     "Prefix": "predictions/.jobs/map-runs"}
+    assert scoring["ResultPath"] == "$.map_run"  # the input's source stays for the merge
+
+    children = scoring["ItemProcessor"]["States"]
+    (batch,) = children.values()
+    assert batch["Resource"] == "arn:aws:states:::lambda:invoke" and batch["End"] is True
+    assert batch["Parameters"] == {"FunctionName": "<ScorerFunction.Arn>", "Payload.$": "$"}
+    merge = asl["States"]["Merge"]
+    assert merge["Resource"] == "arn:aws:states:::lambda:invoke" and merge["End"] is True
+    assert merge["Parameters"] == {"FunctionName": "<ScorerFunction.Arn>", "Payload": {
+        "merge": {"job_id.$": "$$.Execution.Name", "source.$": "$.source"}}}
+    for state in (batch, merge):
+        retry = retriers(state)
+        assert set(retry) >= LAMBDA_ERRORS
+        for error in LAMBDA_ERRORS:
+            assert retry[error]["BackoffRate"] > 1 and retry[error]["MaxAttempts"] >= 3
+        assert retry["States.TaskFailed"]["MaxAttempts"] >= 1
+
+
+def test_state_machine_settings_come_from_the_parameters(template):
+    defaults = parse_source(definition(template), "s3://digits-123456789012-eu-west-1/incoming/x/")
+    assert defaults["settings"] == {"max_items_per_batch": 500, "max_concurrency": 8,
+                                    "tolerated_failure_percentage": 0}
+    custom = definition(template, MaxItemsPerBatch=50, MaxConcurrency=100,
+                        ToleratedFailurePercentage=5)
+    assert parse_source(custom, "s3://digits-123456789012-eu-west-1/incoming/x/")[
+        "settings"] == {"max_items_per_batch": 50, "max_concurrency": 100,
+                        "tolerated_failure_percentage": 5}
+
+
+@pytest.mark.parametrize("source, bucket, prefix", [
+    ("s3://B/incoming/exam/", "B", "incoming/exam/"),
+    ("s3://B/incoming/exam", "B", "incoming/exam/"),  # a final "/" is added
+    ("s3://B/incoming/", "B", "incoming/"),
+    ("s3://B/incoming/2026 exams/ü,1/", "B", "incoming/2026 exams/ü,1/"),
+    ("s3://B/incoming/a/b/c/d/", "B", "incoming/a/b/c/d/"),
+])
+def test_the_source_url_is_split_into_bucket_and_prefix(template, source, bucket, prefix):
+    name = Resolver(template).bucket_name()
+    out = parse_source(definition(template), source.replace("B", name, 1))
+    assert (out["bucket"], out["prefix"], out["valid"]) == (name, prefix, True)
+    assert out["source"] == f"s3://{name}/{prefix}"
+
+
+@pytest.mark.parametrize("source", [
+    "s3://other-bucket/incoming/exam/", "s3://B/predictions/exam/", "s3://B/incoming-old/x/",
+    "s3://B/", "s3://B", "B/incoming/exam/", "https://B/incoming/exam/",
+])
+def test_sources_outside_the_input_prefix_fail_the_execution(template, source):
+    name = Resolver(template).bucket_name()
+    assert parse_source(definition(template), source.replace("B", name, 1))["valid"] is False
+
+
+def test_state_machine_role_invokes_only_the_scorer_and_lists_only_inputs(template):
+    for prefixes in ({}, {"InputPrefix": "uploads/", "OutputPrefix": "out/"}):
+        r = Resolver(template, **prefixes)
+        bucket_arn = f"arn:aws:s3:::{r.bucket_name()}"
+        inp, out = r.params["InputPrefix"], r.params["OutputPrefix"]
+        statements = [r(s) for p in state_machine(template)["Policies"] for s in p["Statement"]]
+        (invoke,) = statements_with(statements, "lambda:InvokeFunction")
+        assert invoke["Resource"] == "<ScorerFunction.Arn>"
+        (listing,) = statements_with(statements, "s3:ListBucket")
+        assert listing["Resource"] == bucket_arn
+        assert listing["Condition"] == {"StringLike": {"s3:prefix": f"{inp}*"}}
+        name = r(state_machine(template)["Name"])
+        (start,) = statements_with(statements, "states:StartExecution")
+        assert start["Resource"] == f"arn:aws:states:eu-west-1:123456789012:stateMachine:{name}"
+        (watch,) = statements_with(statements, "states:DescribeExecution")
+        assert watch["Resource"] == f"arn:aws:states:eu-west-1:123456789012:execution:{name}/*"
+        for s in statements:
+            for action in as_list(s["Action"]):
+                if action.startswith("s3:") and action != "s3:ListBucket":
+                    assert as_list(s["Resource"]) == [f"{bucket_arn}/{out}.jobs/*"], s
+        assert {a.split(":")[0] for s in statements for a in as_list(s["Action"])} == {
+            "lambda", "s3", "states"}
+
+
+def test_transformed_state_machine_role_has_no_managed_policies(translated):
+    machines = resources_of_type(translated, "AWS::StepFunctions::StateMachine")
+    (machine,) = machines.values()
+    role = translated["Resources"][machine["Properties"]["RoleArn"]["Fn::GetAtt"][0]]
+    assert not role["Properties"].get("ManagedPolicyArns")
+    assert "DefinitionSubstitutions" in machine["Properties"]
+
+
+def test_scale_out_parts_expire_if_a_job_is_abandoned(template):
+    r = Resolver(template, OutputPrefix="out/")
+    rules = r(template["Resources"]["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"])
+    (rule,) = [rule for rule in rules if rule.get("Prefix") == "out/.jobs/"]
+    assert rule["Status"] == "Enabled" and rule["ExpirationInDays"] >= 7
+
+
+def machine_template(asl: dict) -> dict:
+    """A plain CloudFormation state machine holding the definition inline, which cfn-lint checks
+    against the States Language schema (the SAM template only points at the file)."""
+    trust = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"},
+        "Action": "sts:AssumeRole"}]}
+    return {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {
+        "Role": {"Type": "AWS::IAM::Role", "Properties": {"AssumeRolePolicyDocument": trust}},
+        "Machine": {"Type": "AWS::StepFunctions::StateMachine", "Properties": {
+            "RoleArn": {"Fn::GetAtt": ["Role", "Arn"]}, "Definition": asl,
+            "DefinitionSubstitutions": {name: "1" for name in set(re.findall(
+                r"\$\{(\w+)\}", json.dumps(asl)))}}}}}
+
+
+def test_definition_is_cfn_lint_clean_and_every_transition_exists(tmp_path):
+    asl = json.loads(DEFINITION.read_text())
+    out = tmp_path / "machine.json"
+    out.write_text(json.dumps(machine_template(asl)))
+    done = cfn_lint("--include-checks", "I", "--", str(out))
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+    def targets(states: dict) -> None:
+        for state in states.values():
+            nexts = [state.get("Next"), state.get("Default")] + [
+                c["Next"] for c in state.get("Choices", [])]
+            assert all(n in states for n in nexts if n), state
+            if "ItemProcessor" in state:
+                targets(state["ItemProcessor"]["States"])
+
+    targets(asl["States"])
+    broken = copy.deepcopy(asl)
+    broken["States"]["Merge"]["Type"] = "Taskk"
+    out.write_text(json.dumps(machine_template(broken)))
+    done = cfn_lint("--", str(out))
+    assert done.returncode != 0 and "E3601" in done.stdout, done.stdout

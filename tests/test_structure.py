@@ -24,6 +24,7 @@ LAYERS = [
     {"scorer.outputs"},
     {"scorer.job"},
     {"scorer.s3_jobs", "scorer.cli"},
+    {"scorer.batch_jobs"},  # scale-out prefix jobs: batches -> parts -> merge (uses s3_jobs)
     {"scorer.handler", "scorer.__main__"},
 ]
 

@@ -107,6 +107,12 @@ class ExampleCollector:
     def _best_first(heap: list) -> list[Example]:
         return [e for _, _, e in sorted(heap, key=lambda t: (-t[0], -t[1]))]
 
+    def kept(self) -> list[tuple[int, Example]]:
+        """Every example either list keeps, with its position among those added (0-based), in
+        that order: what a later merge of several collectors' choices needs."""
+        entries = {-neg_seq: example for _, neg_seq, example in self._errors + self._unsure}
+        return sorted(entries.items(), key=lambda item: item[0])
+
     @property
     def misclassified(self) -> list[Example]:
         """Kept errors, most confident first (ties: first added first)."""

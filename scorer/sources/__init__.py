@@ -27,7 +27,7 @@ from scorer.sources.base import (
 )
 from scorer.sources.labels import LabelMatcher, LabelsError, read_labels_csv
 from scorer.sources.local import load
-from scorer.sources.s3 import iter_s3_object
+from scorer.sources.s3 import iter_listed, iter_s3_object
 from scorer.sources.specs import check_specs, iter_inputs
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "check_specs",
     "extension",
     "iter_inputs",
+    "iter_listed",
     "iter_s3_object",
     "load",
     "read_labels_csv",

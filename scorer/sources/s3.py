@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -116,12 +116,21 @@ def _skip_silently(key: str, prefix: str) -> bool:
 
 
 def _iter_prefix(bucket: str, prefix: str, stats: SourceStats, fail_fast: bool) -> Iterator[Input]:
-    """Fetch image objects concurrently, yielding in key order through a bounded window."""
+    yield from iter_listed(bucket, prefix, _listing(bucket, prefix, fail_fast), stats,
+                           fail_fast=fail_fast)
+
+
+def iter_listed(bucket: str, prefix: str, objects: Iterable[dict[str, Any] | Input],
+                stats: SourceStats, *, fail_fast: bool = False) -> Iterator[Input]:
+    """Listed objects (ListObjectsV2 entries: ``Key``, ``Size``) under ``prefix``, as a prefix
+    job reads them: folder markers and hidden entries below the prefix skipped, non-images
+    counted, zips expanded, images fetched concurrently and yielded in the given order through
+    a bounded window. A Step Functions batch of listed keys goes through here too."""
     window: deque[tuple[int, Future[Input] | Input]] = deque()
     window_bytes = 0
     pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="s3-get")
     try:
-        for obj in _listing(bucket, prefix, fail_fast):
+        for obj in objects:
             if isinstance(obj, Input):  # the listing failed part-way
                 window.append((0, obj))
                 break

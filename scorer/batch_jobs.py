@@ -1,0 +1,285 @@
+"""Scale-out prefix jobs: many batches of keys scored in parallel, then merged into one CSV and one
+report, byte for byte what a single prefix job (`s3_jobs.score_prefix`) would have written.
+
+Step Functions' Distributed Map lists the prefix and hands the function batches of listed keys;
+this module knows nothing about Lambda or Step Functions beyond the shape of that data. Each
+batch becomes one *part*, under the output prefix (S3 never notifies the function about it):
+
+    <output prefix>.jobs/<job id>/parts/<part id>.csv            rows, always a label column
+    <output prefix>.jobs/<job id>/parts/<part id>.examples.json  report thumbnail candidates
+    <output prefix>.jobs/<job id>/parts/<part id>.json           counts, keys, labelled arrays
+    <output prefix>.jobs/<job id>/merged.json                    the merge's result
+
+The part id is a hash of the batch's keys and a part holds no timings, so a retried (or doubly
+run) batch overwrites its own part with the same bytes: rows are never duplicated. The `.json` is
+written last; only parts that have one are merged. The merge streams (see `merge_job`).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import posixpath
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from scorer import report, sources
+from scorer.bundle import Bundle
+from scorer.job import Tally, run_job, run_summary
+from scorer.outputs import LABEL_COLUMN, S3Upload, copy_without_column, csv_header, write_report
+from scorer.s3_jobs import Config, prefix_outputs
+from scorer.s3client import (
+    FETCH_WORKERS,
+    delete_under,
+    fetch_in_order,
+    get_json,
+    list_keys,
+    parse_s3_url,
+    put_json,
+    s3_url,
+)
+from scorer.sources import SourceStats
+
+PART_FORMAT = 1
+JOB_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,79}$")  # an execution name, path-safe
+PART_META = re.compile(r"^[0-9a-f]{32}\.json$")
+COUNTS = ("rows", "objects", "skipped", "scored", "review", "blank", "failed", "labelled",
+          "correct")
+
+
+# ---------------------------------------------------------------- naming
+
+
+def job_prefix(job_id: str, config: Config) -> str:
+    """`<output prefix>.jobs/<job id>/`: where a job's parts live until the merge."""
+    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        raise ValueError(f"job_id must be 1-80 letters, digits, '.', '_' or '-', got {job_id!r}")
+    return f"{config.output_prefix}.jobs/{job_id}/"
+
+
+def job_source(source: str, config: Config) -> tuple[str, str]:
+    """(bucket, prefix) of a job's `s3://bucket/prefix/` source, which must lie under the input
+    prefix (the function may read nothing else). A missing final "/" is added."""
+    bucket, prefix = parse_s3_url(source)
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    if not prefix.startswith(config.input_prefix):
+        raise ValueError(f"{source}: a scale-out job's source must lie under "
+                         f"s3://<bucket>/{config.input_prefix}")
+    return bucket, prefix
+
+
+def part_id(keys: list[str]) -> str:
+    """Deterministic from the batch's keys (in any order), so a retried batch overwrites its
+    own part instead of adding a second one."""
+    digest = hashlib.sha256()
+    for key in sorted(set(keys)):
+        digest.update(key.encode("utf-8", "surrogatepass") + b"\n")
+    return digest.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- one batch -> one part
+
+
+def score_batch(batch_input: dict, items: list[dict], bundle: Bundle,
+                config: Config) -> tuple[dict, Tally]:
+    """Score the listed objects of one Distributed Map batch into one part.
+
+    `batch_input` is `{"job_id": ..., "source": "s3://bucket/prefix/"}`; `items` are
+    ListObjectsV2 entries (`Key`, `Size`, ...). Keys are scored in key order, exactly as a prefix
+    job reads them: folder markers and hidden entries skipped, other non-images counted as
+    skipped, zips expanded. Keys outside the source prefix are ignored (and counted). S3 errors
+    raise, so that Step Functions retries the batch.
+    """
+    job_id, source = batch_input["job_id"], batch_input["source"]
+    bucket, prefix = job_source(source, config)
+    out_bucket = config.output_bucket or bucket
+    keys = [str(item["Key"]) for item in items]
+    name = part_id(keys)
+    base = f"{job_prefix(job_id, config)}parts/{name}"
+    listed = sorted({item["Key"]: item for item in items if item["Key"].startswith(prefix)}
+                    .values(), key=lambda item: item["Key"])
+    stats = SourceStats()
+    collector = report.ExampleCollector()
+    tally = run_job(sources.iter_listed(bucket, prefix, listed, stats, fail_fast=True), bundle,
+                    s3_url(out_bucket, f"{base}.csv"), workers=1, timings=False,
+                    min_confidence=config.min_confidence, label_column=True,
+                    collector=collector)
+    examples = None
+    if collector.seen:
+        examples = f"{base}.examples.json"
+        put_json(out_bucket, examples, {"examples": [_example_json(index, example) for
+                                                     index, example in collector.kept()]})
+    meta = {
+        "format": PART_FORMAT, "job_id": job_id, "source": source, "part": name,
+        "csv": f"{base}.csv", "examples": examples,
+        "first_key": listed[0]["Key"] if listed else None,
+        "last_key": listed[-1]["Key"] if listed else None,
+        "rows": tally.total, "objects": len(listed), "skipped": stats.skipped,
+        "ignored": len(set(keys)) - len(listed), "scored": tally.scored,
+        "review": tally.review, "blank": tally.blank, "failed": tally.failed,
+        "labelled": tally.labelled, "correct": tally.correct, "any_label": tally.any_label,
+        "y_true": _pack(tally.y_true, np.int8), "y_pred": _pack(tally.y_pred, np.int8),
+        "confidence": _pack(tally.confidence, np.float32),
+    }
+    put_json(out_bucket, f"{base}.json", meta)  # last: the part counts from now on
+    result = {"part": s3_url(out_bucket, f"{base}.json"),
+              **{k: meta[k] for k in ("objects", "rows", "skipped", "ignored", "scored",
+                                      "review", "blank", "failed")}}
+    return result, tally
+
+
+def _pack(values: list, dtype) -> str:
+    # Little-endian raw bytes in base64: class indices fit int8 (a digit model has 10 classes),
+    # and confidences are float32 in the model's output already, so nothing is lost.
+    return base64.b64encode(np.asarray(values, dtype=np.dtype(dtype).newbyteorder("<"))
+                            .tobytes()).decode("ascii")
+
+
+def _unpack(text: str, dtype) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.dtype(dtype).newbyteorder("<"))
+
+
+def _example_json(index: int, example: report.Example) -> dict:
+    return {"index": index, "source": example.source, "label": example.label,
+            "prediction": example.prediction, "confidence": example.confidence,
+            "shape": list(example.image.shape),
+            "image": base64.b64encode(np.ascontiguousarray(example.image, np.uint8).tobytes())
+            .decode("ascii")}
+
+
+def _example(doc: dict) -> report.Example:
+    image = np.frombuffer(base64.b64decode(doc["image"]), np.uint8).reshape(doc["shape"])
+    return report.Example(doc["source"], doc["label"], doc["prediction"], doc["confidence"],
+                          image)
+
+
+# ---------------------------------------------------------------- parts -> one CSV and report
+
+
+def merge_job(merge: dict, bundle: Bundle, config: Config) -> dict:
+    """Merge a job's parts into `prefix_outputs(source)`: one CSV, one report; then delete them.
+
+    `merge` is `{"job_id": ..., "source": ...}` as in the batches. Streams: the CSV goes up as a
+    multipart upload of the parts' rows in key order (parts sorted by first key; their key
+    ranges must not overlap), a few parts in flight at a time. Only the labelled predictions
+    are held, as compact numpy arrays (int8, int8, float32: 6 bytes a row, 60 MB for 10 million
+    rows), for the report's metrics and coverage; its thumbnails come from the few parts that
+    hold the images shown. Idempotent: once `merged.json` is written, a rerun only finishes
+    deleting the parts and returns the same result.
+    """
+    job_id, source = merge["job_id"], merge["source"]
+    bucket, _ = job_source(source, config)
+    out_bucket = config.output_bucket or bucket
+    jobs = job_prefix(job_id, config)
+    done = get_json(out_bucket, f"{jobs}merged.json")
+    if done is not None:
+        return {**done, "parts_deleted": delete_under(out_bucket, f"{jobs}parts/")}
+    parts = in_key_order(read_parts(out_bucket, f"{jobs}parts/"))
+    if not parts:
+        raise ValueError(f"no parts under s3://{out_bucket}/{jobs}parts/: nothing was listed "
+                         "under the source, or the job id is wrong")
+    out, report_dir = prefix_outputs(source, config)
+    any_label = any(part["any_label"] for part in parts)
+    write_csv(out_bucket, parts, out, bundle.labels, any_label)
+    totals = {name: sum(part[name] for part in parts) for name in COUNTS}
+    tally = Tally(scored=totals["scored"], review=totals["review"], blank=totals["blank"],
+                  failed=totals["failed"], labelled=totals["labelled"],
+                  correct=totals["correct"], any_label=any_label)
+    tally.finish()
+    if tally.labelled:
+        write_report(report_files(out_bucket, parts, bundle, source, config, tally), report_dir)
+    result = {"output": out, "report": report_dir if tally.labelled else None,
+              "parts": len(parts), **totals, "accuracy": tally.accuracy}
+    put_json(out_bucket, f"{jobs}merged.json", result)
+    return {**result, "parts_deleted": delete_under(out_bucket, f"{jobs}parts/")}
+
+
+def read_parts(bucket: str, prefix: str) -> list[dict]:
+    """Every finished part's metadata (its `.json`), fetched concurrently."""
+    keys = [key for key in list_keys(bucket, prefix) if PART_META.match(posixpath.basename(key))]
+    with ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="part-meta") as pool:
+        parts = list(pool.map(lambda key: get_json(bucket, key), keys))
+    for key, part in zip(keys, parts, strict=True):
+        if part is None or part.get("format") != PART_FORMAT:
+            raise ValueError(f"s3://{bucket}/{key}: not a part of format {PART_FORMAT}")
+    return parts
+
+
+def in_key_order(parts: list[dict]) -> list[dict]:
+    """Parts sorted by their first key, checked not to overlap, so that their rows, concatenated,
+    are in key order (Distributed Map batches are consecutive runs of the listing). Parts that
+    listed nothing under the source come last: they add counts, not rows."""
+    keyed = sorted((p for p in parts if p["first_key"] is not None), key=lambda p: p["first_key"])
+    for before, after in zip(keyed, keyed[1:], strict=False):
+        if after["first_key"] <= before["last_key"]:
+            raise ValueError(f"parts {before['part']} and {after['part']} overlap "
+                             f"({after['first_key']!r} <= {before['last_key']!r}): their rows "
+                             "cannot be merged in key order")
+    return keyed + [p for p in parts if p["first_key"] is None]
+
+
+def write_csv(bucket: str, parts: list[dict], out: str, labels: list[str],
+              any_label: bool) -> None:
+    """The parts' rows under the header the CLI would write for them (a label column only if
+    some row has a label), streamed into one object by a multipart upload."""
+    upload = S3Upload(out)
+    try:
+        header = io.StringIO(newline="")
+        csv.writer(header).writerow(csv_header(labels, any_label, False))
+        upload.write(header.getvalue().encode("utf-8"))
+        for body in fetch_in_order(bucket, [part["csv"] for part in parts]):
+            rows = body[body.index(b"\n") + 1:]  # after the part's own header
+            if not any_label:
+                text = io.StringIO(newline="")
+                copy_without_column(io.StringIO(rows.decode("utf-8"), newline=""), text,
+                                    LABEL_COLUMN)
+                rows = text.getvalue().encode("utf-8")
+            upload.write(rows)
+        upload.finish()
+    except BaseException:
+        upload.abort()
+        raise
+
+
+def report_files(bucket: str, parts: list[dict], bundle: Bundle, source: str, config: Config,
+                 tally: Tally) -> dict[str, bytes]:
+    """The report a prefix job would write, from the parts' labelled arrays (in row order)."""
+    y_true = np.concatenate([_unpack(p["y_true"], np.int8) for p in parts]).astype(np.int64)
+    y_pred = np.concatenate([_unpack(p["y_pred"], np.int8) for p in parts]).astype(np.int64)
+    confidence = np.concatenate([_unpack(p["confidence"], np.float32) for p in parts])
+    misclassified, least_confident = shown_examples(bucket, parts, y_true, y_pred, confidence)
+    return report.report_files(
+        report.compute_metrics(y_true, y_pred, bundle.labels), title="digit predictions",
+        misclassified=misclassified, least_confident=least_confident,
+        coverage=report.coverage(y_true, y_pred, confidence.astype(np.float64)),
+        extra=run_summary(tally, bundle, {"source": source}, config.min_confidence,
+                          timings=False))
+
+
+def shown_examples(bucket: str, parts: list[dict], y_true: np.ndarray, y_pred: np.ndarray,
+                   confidence: np.ndarray) -> tuple[list, list]:
+    """The thumbnails `report.ExampleCollector` would choose over all labelled rows in order:
+    the most confident errors and the least confident predictions, ties to the earlier row.
+    A row chosen over the whole job is among its own part's choices, so each part kept its
+    candidates' images and only the parts holding a chosen row are read."""
+    k = report.DEFAULT_K
+    index = np.arange(len(confidence))
+    wrong = index[y_true != y_pred]
+    misclassified = wrong[np.lexsort((wrong, -confidence[wrong]))][:k]
+    least = np.lexsort((index, confidence))[:k]
+    starts = np.cumsum([0] + [part["labelled"] for part in parts])
+    chosen = sorted({int(i) for i in misclassified} | {int(i) for i in least})
+    wanted: dict[int, list[int]] = {}
+    for i in chosen:
+        wanted.setdefault(int(np.searchsorted(starts, i, side="right")) - 1, []).append(i)
+    examples = {}
+    for number, rows in wanted.items():
+        doc = get_json(bucket, parts[number]["examples"]) or {"examples": []}
+        kept = {entry["index"]: entry for entry in doc["examples"]}
+        for i in rows:
+            examples[i] = _example(kept[i - int(starts[number])])
+    return ([examples[int(i)] for i in misclassified], [examples[int(i)] for i in least])
