@@ -7,7 +7,9 @@ The PNGs are MNIST's 10,000 test images, then training images up to --images. Pr
   - decoding alone in one process (Pillow open + greyscale), and our normalisation alone,
   - the wall time of a one-image run (process start to CSV), and the handler's cold start,
 and, on photographed/drawn digits made by tests/digit_factory.py, the accuracy of the per-image
-loop against ours. Figures only: nothing here asserts a speed.
+loop against ours; with --cnn, the MLP and CNN bundles side by side (MNIST accuracy, size,
+training time, images/s, and accuracy on the held-out "other hands" of tools/other_hands.py).
+Figures only: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -127,12 +129,34 @@ def styled_accuracy(model: str, images: np.ndarray, labels: np.ndarray, work: Pa
         print(f"{style:<22}{float(loop.stdout):>16.1%}{csv_accuracy(out):>14.1%}")
 
 
+def compare_models(bundles: dict[str, str], folder: Path, work: Path) -> None:
+    """Both architectures side by side; "other hands" are never tuned on (tools/other_hands.py)."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import other_hands
+
+    sets = {name: other_hands.build_set(ROOT / ".other-hands", name)
+            for name in ("uci-writers", "uci-restyled")}
+    print(f"\n{'model':<6}{'MNIST int8':>11}{'int8 bytes':>12}{'train s':>9}{'images/s':>10}"
+          + "".join(f"{name:>14}" for name in sets))
+    for name, bundle in bundles.items():
+        metrics = json.loads((Path(bundle) / "metrics.json").read_text())
+        int8 = metrics["models"]["tflite_int8"]
+        elapsed, _ = timed(score_command(bundle, folder, work / f"{name}.csv"))
+        rate = sum(1 for _ in folder.rglob("*.png")) / elapsed
+        others = [other_hands.evaluate(bundle, path) for path in sets.values()]
+        print(f"{name:<6}{int8['accuracy']:>11.2%}{int8['bytes']:>12,}{metrics['seconds']:>9.0f}"
+              f"{rate:>10,.0f}" + "".join(f"{acc:>14.2%}" for acc in others))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="artifacts", help="model bundle folder")
     parser.add_argument("--images", type=int, default=30000,
                         help="MNIST images to use (the test set first, then training images)")
     parser.add_argument("--styled", type=int, default=500, help="images per realistic style")
+    parser.add_argument("--cnn", default=None, help="a CNN bundle to compare with --model")
     args = parser.parse_args()
 
     from trainer.data import load_mnist
@@ -179,6 +203,8 @@ def main() -> None:
               f"loop: {loop / whole:.2f}x")
         print(f"one-image run, process start to CSV: {one_image:.2f} s (best of 5)")
         print(f"Lambda handler cold start (import + model load): {float(cold.stdout):.2f} s")
+        if args.cnn:
+            compare_models({"MLP": args.model, "CNN": args.cnn}, folder, work)
         if args.styled:
             styled_accuracy(args.model, mnist.x_test[-args.styled:], mnist.y_test[-args.styled:],
                             work)
