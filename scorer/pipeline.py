@@ -138,7 +138,7 @@ class ScoringPool:
             return [self.executor.submit(_classify_in_worker, payload[i : i + size])
                     for i in range(0, len(payload), size)]
         if self.classifier is None:
-            self.classifier = Classifier(self.model_content)
+            self.classifier = Classifier(self.model_content, num_threads=1)
         return [classify_chunk(payload, self.geometry, self.classifier)]
 
     @staticmethod
