@@ -1,11 +1,16 @@
 """Inputs -> rows: decode and normalise in worker processes, classify in batches, keep input order.
 
 One pipeline serves the CLI and the Lambda handler. It streams: at most WINDOWS_IN_FLIGHT windows
-of inputs (`window = batch_size * workers`) are in memory at once, however many images there are.
+of inputs are in memory at once, however many images there are. A window ends at
+`batch_size * workers` inputs or at WINDOW_BYTES, whichever comes first, where an input costs
+its bytes plus what decoding it will allocate (from its header), so a few small files that
+decode to huge images, or huge zip members, cannot pile up; each worker task is bounded the same
+way by CHUNK_BYTES.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import warnings
@@ -13,15 +18,28 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 
 import numpy as np
 
 from scorer.bundle import Bundle, Classifier
-from scorer.images import Geometry, ImageError, normalize, normalize_many
+from scorer.images import (
+    Geometry,
+    ImageError,
+    estimated_decoded_bytes,
+    normalize,
+    normalize_many,
+)
+from scorer.images.normalization import WORK_SIDE
 from scorer.sources import Input, load
 
-WINDOWS_IN_FLIGHT = 3  # windows of batch_size x workers inputs: the memory bound of a run
+WINDOWS_IN_FLIGHT = 3  # windows of inputs in memory at once: with the budgets, the memory bound
+WINDOW_BYTES = 32 * 2**20  # most input bytes + decoded bytes per window (one input may exceed it)
+IN_FLIGHT_BYTES = 3 * WINDOW_BYTES  # no new window while the windows in flight cost this much
+CHUNK_BYTES = 16 * 2**20  # the same per worker task, and per group normalised at once
+# An image whose pixels take more than this (a photo decodes to ~3 MB, a scan to kB) is
+# normalised alone, and in a pool only one at a time across all workers: its float steps take
+# several times its size, so the total stays bounded however many workers there are.
+LARGE_DECODE_BYTES = 8 * 2**20
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
@@ -57,42 +75,72 @@ def prepare(data: bytes, geometry: Geometry) -> tuple[np.ndarray | None, str]:
 Prepared = tuple[np.ndarray | None, str, np.ndarray | None]  # (model input, reason, probabilities)
 
 
-def classify_chunk(items: list[Input], geometry: Geometry,
-                   classifier: Classifier) -> list[Prepared]:
+def input_cost(item: Input) -> int:
+    """Bytes an input takes in flight: its data plus what decoding it will allocate. A local
+    file not read yet costs its listed size here; the worker that reads it counts its pixels."""
+    if item.data is None:
+        return item.size
+    return len(item.data) + estimated_decoded_bytes(item.data, WORK_SIDE)
+
+
+def classify_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
+                   large_decode_gate: contextlib.AbstractContextManager | None = None,
+                   ) -> list[Prepared]:
     """Read deferred local files, normalise, classify: per input (model input, "", probabilities)
-    or (None, one-line reason, None)."""
-    loaded = [load(item) for item in items]
-    results: list[Prepared] = [(None, item.error or "", None) for item in loaded]
-    readable = [i for i, item in enumerate(loaded) if item.error is None]
-    blobs = [loaded[i].data for i in readable]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. Pillow's "Corrupt EXIF data": the row says enough
-        try:  # small images of one size are normalised together: several times faster
-            normalised = normalize_many(blobs, geometry)
-        except Exception:  # noqa: BLE001 (find the culprit one by one; it becomes its row)
-            normalised = [prepare(blob, geometry) for blob in blobs]
-    good = []
-    for i, (image, reason) in zip(readable, normalised, strict=True):
-        if image is None:
-            results[i] = (None, reason, None)
-        else:
-            good.append((i, image))
+    or (None, one-line reason, None). Files are read and normalised in groups of at most
+    CHUNK_BYTES (bytes plus decoded bytes), so a chunk never holds all its images at once;
+    a large image is normalised alone, inside `large_decode_gate` (shared by the workers)."""
+    results: list[Prepared] = [(None, "", None)] * len(items)
+    group: list[tuple[int, bytes]] = []
+    group_bytes = 0
+    for i, item in enumerate(items):
+        item = load(item)
+        if item.error is not None:
+            results[i] = (None, item.error, None)
+            continue
+        decoded = estimated_decoded_bytes(item.data, WORK_SIDE)
+        if decoded > LARGE_DECODE_BYTES:
+            with large_decode_gate or contextlib.nullcontext():
+                _normalise_group([(i, item.data)], geometry, results)
+            continue
+        group.append((i, item.data))
+        group_bytes += len(item.data) + decoded
+        if group_bytes >= CHUNK_BYTES:
+            _normalise_group(group, geometry, results)
+            group, group_bytes = [], 0
+    _normalise_group(group, geometry, results)
+    good = [(i, image) for i, (image, _, _) in enumerate(results) if image is not None]
     probabilities = classifier.predict(np.stack([image for _, image in good])) if good else []
     for (i, image), probs in zip(good, probabilities, strict=True):
         results[i] = (image, "", probs)
     return results
 
 
-_worker: dict = {}  # per worker process: its geometry and its own TFLite interpreter
+def _normalise_group(group: list[tuple[int, bytes]], geometry: Geometry,
+                     results: list[Prepared]) -> None:
+    """Normalise (index, bytes) pairs into results[index] as (image or None, reason, None)."""
+    blobs = [data for _, data in group]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. Pillow's "Corrupt EXIF data": the row says enough
+        try:  # small images of one size are normalised together: several times faster
+            normalised = normalize_many(blobs, geometry)
+        except Exception:  # noqa: BLE001 (find the culprit one by one; it becomes its row)
+            normalised = [prepare(blob, geometry) for blob in blobs]
+    for (i, _), (image, reason) in zip(group, normalised, strict=True):
+        results[i] = (image, reason, None)
 
 
-def _init_worker(model_content: bytes, geometry: Geometry) -> None:
+_worker: dict = {}  # per worker process: its geometry, its own TFLite interpreter, the gate
+
+
+def _init_worker(model_content: bytes, geometry: Geometry, large_decode_gate) -> None:
     _worker["geometry"] = geometry
     _worker["classifier"] = Classifier(model_content, num_threads=1)
+    _worker["gate"] = large_decode_gate
 
 
 def _classify_in_worker(items: list[Input]) -> list[Prepared]:
-    return classify_chunk(items, _worker["geometry"], _worker["classifier"])
+    return classify_chunk(items, _worker["geometry"], _worker["classifier"], _worker["gate"])
 
 
 class ScoringPool:
@@ -112,16 +160,17 @@ class ScoringPool:
         self.chunk = max(1, min(self.CHUNK, batch_size))
         self.executor: ProcessPoolExecutor | None = None
 
-    def submit(self, window: list[Input], use_pool: bool) -> list:
+    def submit(self, window: list[Input], costs: list[int], use_pool: bool) -> list:
         """Start preparing; `collect` the returned handle for the results in order."""
-        payload = [item for item in window if item.error is None]
+        payload = [(item, cost) for item, cost in zip(window, costs, strict=True)
+                   if item.error is None]
         if use_pool and self.workers > 1 and self._start_pool():
             size = max(1, min(self.chunk, -(-len(payload) // self.workers)))
-            return [self.executor.submit(_classify_in_worker, payload[i : i + size])
-                    for i in range(0, len(payload), size)]
+            return [self.executor.submit(_classify_in_worker, chunk)
+                    for chunk in split_by_budget(payload, size, CHUNK_BYTES)]
         if self.classifier is None:
             self.classifier = Classifier(self.model_content)
-        return [classify_chunk(payload, self.geometry, self.classifier)]
+        return [classify_chunk([item for item, _ in payload], self.geometry, self.classifier)]
 
     @staticmethod
     def collect(handle: list) -> list[Prepared]:
@@ -136,7 +185,8 @@ class ScoringPool:
                 context = multiprocessing.get_context("fork" if "fork" in methods else None)
                 self.executor = ProcessPoolExecutor(self.workers, mp_context=context,
                                                 initializer=_init_worker,
-                                                initargs=(self.model_content, self.geometry))
+                                                initargs=(self.model_content, self.geometry,
+                                                          context.Lock()))
             except OSError:  # no /dev/shm (AWS Lambda): work in this process
                 self.workers = 1
                 return False
@@ -148,6 +198,38 @@ class ScoringPool:
             self.executor = None
 
 
+def split_by_budget(items: list[tuple[Input, int]], most: int, budget: int) -> list[list[Input]]:
+    """(input, cost) pairs -> consecutive chunks of at most `most` inputs and, unless a single
+    input exceeds it alone, at most `budget` cost."""
+    chunks: list[list[Input]] = []
+    chunk: list[Input] = []
+    spent = 0
+    for item, cost in items:
+        if chunk and (len(chunk) >= most or spent + cost > budget):
+            chunks.append(chunk)
+            chunk, spent = [], 0
+        chunk.append(item)
+        spent += cost
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+def next_window(stream: Iterator[Input], most: int) -> tuple[list[Input], list[int], bool]:
+    """The next window: (inputs, their costs, whether it ended on a limit rather than at the
+    end of the stream). It ends after `most` inputs or once WINDOW_BYTES are reached."""
+    window: list[Input] = []
+    costs: list[int] = []
+    spent = 0
+    for item in stream:
+        window.append(item)
+        costs.append(input_cost(item))
+        spent += costs[-1]
+        if len(window) >= most or spent >= WINDOW_BYTES:
+            return window, costs, True
+    return window, costs, False
+
+
 def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None,
           batch_size: int = 256, keep_probabilities: bool = False) -> Iterator[Row]:
     """Yield one Row per input, in input order."""
@@ -155,19 +237,32 @@ def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None
     scoring = ScoringPool(bundle, workers, batch_size)
     window_size = batch_size * scoring.workers
     stream = iter(inputs)
-    in_flight: deque[tuple[list[Input], list]] = deque()
+    in_flight: deque[tuple[list[Input], int, list]] = deque()  # (window, its cost, handle)
+
+    def start(window: list[Input], costs: list[int], use_pool: bool) -> None:
+        handle = scoring.submit(window, costs, use_pool)
+        # Rows need names and labels only: the bytes now belong to the workers' tasks.
+        in_flight.append(([without_data(item) for item in window], sum(costs), handle))
+
     try:
-        window = list(islice(stream, window_size))
-        in_flight.append((window, scoring.submit(window, use_pool=len(window) == window_size)))
+        window, costs, more = next_window(stream, window_size)
+        start(window, costs, use_pool=more)  # a single window never pays for starting processes
         while in_flight:
-            # Keep the workers a few windows ahead, so they never wait for this process.
-            while len(in_flight) < WINDOWS_IN_FLIGHT and (window := list(islice(stream,
-                                                                                window_size))):
-                in_flight.append((window, scoring.submit(window, use_pool=True)))
-            window, pending = in_flight.popleft()
+            # Keep the workers a few windows ahead, so they never wait for this process, within
+            # the byte budget of what is in flight.
+            while more and len(in_flight) < WINDOWS_IN_FLIGHT and \
+                    sum(cost for _, cost, _ in in_flight) < IN_FLIGHT_BYTES:
+                window, costs, more = next_window(stream, window_size)
+                if window:
+                    start(window, costs, use_pool=True)
+            window, _, pending = in_flight.popleft()
             yield from rows(window, scoring.collect(pending), keep_probabilities)
     finally:
         scoring.close()
+
+
+def without_data(item: Input) -> Input:
+    return item if item.data is None else Input(item.name, None, item.error, item.label)
 
 
 def printable(name: str) -> str:

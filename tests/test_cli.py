@@ -538,3 +538,64 @@ def test_8x8_bundle_uses_its_own_geometry(labelled_tree, digits_bundle, tmp_path
     assert len(rows) == 400 and all(r["status"] == "ok" for r in rows)
     print(f"\n8x8 model on MNIST PNGs: {accuracy(rows):.1%}")
     assert accuracy(rows) >= 0.5  # a different dataset, but clearly not chance
+
+
+# --- hostile inputs: memory is counted in bytes, not inputs ----------------------------------
+
+
+def png_of(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hostile_tree(tmp_path_factory, mnist_test_images) -> Path:
+    """Small files that are large in memory: a 2 MB zip of 40 members of 48 MB of zeros,
+    ~140 KB PNGs that declare 6000x6000 RGBA or 16-bit pixels, 60 KB PNGs just under the decoded
+    size limit (scored); plus a few real digits."""
+    from PIL import Image, ImageDraw
+
+    root = tmp_path_factory.mktemp("hostile") / "uploads"
+    root.mkdir()
+    zeros = b"\0" * (48 * 2**20)
+    with zipfile.ZipFile(root / "zeros.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(40):
+            zf.writestr(f"member{i:02d}.png", zeros)
+    rgba = png_of(Image.new("RGBA", (6000, 6000), (255, 255, 255, 0)))
+    deep = png_of(Image.new("I;16", (6000, 6000), 0))
+    for i in range(4):
+        (root / f"rgba{i}.png").write_bytes(rgba)
+        (root / f"deep{i}.png").write_bytes(deep)
+    ring = Image.new("RGBA", (3400, 3400), (255, 255, 255, 0))  # 44 MB of RGBA pixels
+    ImageDraw.Draw(ring).ellipse((1000, 1000, 2400, 2400), outline=(0, 0, 0, 255), width=120)
+    ring = png_of(ring)
+    for i in range(4):
+        (root / f"ring{i}.png").write_bytes(ring)
+    x, _ = mnist_test_images
+    for i in range(3):
+        (root / f"digit{i}.png").write_bytes(mnist_png(x[i]))
+    assert sum(p.stat().st_size for p in root.iterdir()) < 4 * 2**20
+    return root
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_hostile_uploads_stay_under_1_gb(tmp_path, mnist_bundle, hostile_tree, workers):
+    out = tmp_path / "out.csv"
+    code, single_mb, tree_mb = measured_run(
+        [hostile_tree, "--model", mnist_bundle, "--out", out, "--workers", workers,
+         "--batch-size", 4],  # small windows: the pool runs, several windows in flight
+        tmp_path / "stdout", tmp_path / "stderr")
+    stderr = (tmp_path / "stderr").read_text(errors="replace")
+    assert code == 3, stderr[-2000:]
+    _, rows = read_csv(out)
+    assert len(rows) == 40 + 8 + 4 + 3
+    status = {Path(r["source"]).name: (r["status"], r["error"]) for r in rows}
+    assert all(status[f"ring{i}.png"] == ("ok", "") for i in range(4))
+    assert all(status[f"digit{i}.png"] == ("ok", "") for i in range(3))
+    assert all(status[f"{kind}{i}.png"][1].startswith("image too large")
+               for kind in ("rgba", "deep") for i in range(4))
+    print(f"hostile uploads, {workers} workers: peak RSS one process {single_mb:.0f} MB, "
+          f"all processes {tree_mb:.0f} MB")
+    assert single_mb < 1024
+    assert tree_mb < 1024
