@@ -16,7 +16,9 @@ import os
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +44,7 @@ CHUNK_BYTES = 16 * 2**20  # the same per worker task, and per group normalised a
 LARGE_DECODE_BYTES = 8 * 2**20
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+WORKER_DIED = "worker died while decoding (killed twice, e.g. out of memory)"
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,15 @@ class ScoringPool:
     """Reads, normalises and classifies windows of inputs in chunks: in a process pool when there
     is more than one worker and more than one window of work (a single image never pays for
     starting processes). Each worker runs its own interpreter, so this process only merges rows
-    and writes them."""
+    and writes them.
+
+    A worker that dies (the OOM killer, a crash in a decoder) breaks the whole pool and every
+    task in flight: the pool is restarted and the lost chunks run again, one input per task, so
+    that an input that kills its worker a second time is known and becomes its own error row."""
 
     CHUNK = 64  # most inputs per task (and model invocation) in a worker: amortises the
     # inter-process overhead while keeping every core busy
+    POLL_SECONDS = 0.5  # how often a wait checks that the workers are alive
 
     def __init__(self, bundle: Bundle, workers: int, batch_size: int):
         self.geometry = bundle.geometry
@@ -159,6 +167,7 @@ class ScoringPool:
         self.workers = max(1, workers)
         self.chunk = max(1, min(self.CHUNK, batch_size))
         self.executor: ProcessPoolExecutor | None = None
+        self.generation = 0  # which pool a task was submitted to; a new one after each crash
 
     def submit(self, window: list[Input], costs: list[int], use_pool: bool) -> list:
         """Start preparing; `collect` the returned handle for the results in order."""
@@ -166,27 +175,89 @@ class ScoringPool:
                    if item.error is None]
         if use_pool and self.workers > 1 and self._start_pool():
             size = max(1, min(self.chunk, -(-len(payload) // self.workers)))
-            return [self.executor.submit(_classify_in_worker, chunk)
+            return [(chunk, self._submit(chunk), self.generation)
                     for chunk in split_by_budget(payload, size, CHUNK_BYTES)]
         if self.classifier is None:
             self.classifier = Classifier(self.model_content)
-        return [classify_chunk([item for item, _ in payload], self.geometry, self.classifier)]
+        return [(None, classify_chunk([item for item, _ in payload], self.geometry,
+                                      self.classifier), self.generation)]
 
-    @staticmethod
-    def collect(handle: list) -> list[Prepared]:
-        # A worker killed (e.g. out of memory) raises BrokenProcessPool here instead of hanging.
-        return [result for part in handle
-                for result in (part.result() if isinstance(part, Future) else part)]
+    def collect(self, handle: list) -> list[Prepared]:
+        results: list[Prepared] = []
+        for chunk, part, generation in handle:
+            if not isinstance(part, Future):
+                results += part
+                continue
+            try:
+                results += self._wait(part, generation)
+            except (BrokenProcessPool, CancelledError):
+                if generation == self.generation:
+                    self._discard_pool()
+                results += [self._run_alone(item) for item in chunk]
+        return results
+
+    def _wait(self, future: Future, generation: int) -> list[Prepared]:
+        """The task's result; BrokenProcessPool if its pool lost a worker. Checked by polling too:
+        a worker killed while writing its result leaves the pool's reader waiting for ever."""
+        while True:
+            try:
+                return future.result(timeout=self.POLL_SECONDS)
+            except FutureTimeout:
+                if generation != self.generation or self._a_worker_died():
+                    raise BrokenProcessPool("a worker process died") from None
+
+    def _run_alone(self, item: Input) -> Prepared:
+        """Run one input of a lost chunk in a task of its own: if its worker dies again, the
+        input is the cause and becomes an error row."""
+        if not self._start_pool():
+            self.classifier = self.classifier or Classifier(self.model_content)
+            return classify_chunk([item], self.geometry, self.classifier)[0]
+        future = self._submit([item])
+        try:
+            return self._wait(future, self.generation)[0]
+        except (BrokenProcessPool, CancelledError):
+            self._discard_pool()
+            return None, WORKER_DIED, None
+
+    def _submit(self, chunk: list[Input]) -> Future:
+        try:
+            return self.executor.submit(_classify_in_worker, chunk)
+        except BrokenProcessPool:  # it broke since the last look: its tasks are collected later
+            self._discard_pool()
+            self._start_pool()
+            return self.executor.submit(_classify_in_worker, chunk)
+
+    def _a_worker_died(self) -> bool:
+        processes = getattr(self.executor, "_processes", None) or {}
+        return any(process.exitcode is not None for process in list(processes.values()))
+
+    def _discard_pool(self) -> None:
+        """Stop a broken pool without waiting for it: kill its other workers and close this
+        process's end of its result pipe, so that its reader thread sees the end and exits."""
+        executor, self.executor = self.executor, None
+        self.generation += 1
+        if executor is None:
+            return
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError):
+                process.kill()
+        result_queue = getattr(executor, "_result_queue", None)
+        if result_queue is not None:
+            with contextlib.suppress(OSError):
+                result_queue._writer.close()
+        executor.shutdown(wait=False, cancel_futures=True)
 
     def _start_pool(self) -> bool:
         if self.executor is None:
             try:  # fork: workers start in milliseconds and inherit the imported modules
                 methods = multiprocessing.get_all_start_methods()
                 context = multiprocessing.get_context("fork" if "fork" in methods else None)
+                # The lock lets one large image be decoded at a time across the workers; a new
+                # pool gets a new one, in case a killed worker held the old.
                 self.executor = ProcessPoolExecutor(self.workers, mp_context=context,
-                                                initializer=_init_worker,
-                                                initargs=(self.model_content, self.geometry,
-                                                          context.Lock()))
+                                                    initializer=_init_worker,
+                                                    initargs=(self.model_content, self.geometry,
+                                                              context.Lock()))
             except OSError:  # no /dev/shm (AWS Lambda): work in this process
                 self.workers = 1
                 return False

@@ -599,3 +599,89 @@ def test_hostile_uploads_stay_under_1_gb(tmp_path, mnist_bundle, hostile_tree, w
           f"all processes {tree_mb:.0f} MB")
     assert single_mb < 1024
     assert tree_mb < 1024
+
+
+# --- a worker killed mid-run (the OOM killer) --------------------------------------------------
+
+
+def worker_processes(process):
+    """The CLI's pool workers: its forked children."""
+    psutil = pytest.importorskip("psutil")
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(process.pid).children()
+    return []
+
+
+def test_a_killed_worker_loses_no_rows(tmp_path, mnist_bundle, mnist_test_images):
+    """SIGKILL one worker while a large run is in flight: the pool restarts, the lost chunks run
+    again, and the CSV has every row, in order."""
+    x, y = mnist_test_images
+    n = 30_000
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(n):
+            zf.writestr(f"{y[i % 1000]}/img{i:06d}.png", mnist_png(x[i % 1000]))
+    out = tmp_path / "out.csv"
+    command = [sys.executable, "-m", "scorer", str(archive), "--model", str(mnist_bundle),
+               "--out", str(out), "--workers", "2"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (workers := worker_processes(process)):
+        assert process.poll() is None and time.monotonic() < deadline, "no workers started"
+        time.sleep(0.01)
+    time.sleep(0.5)  # well into the run, with windows in flight
+    assert process.poll() is None, "the run ended before a worker could be killed"
+    workers[0].kill()  # SIGKILL, as the OOM killer sends
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr
+    _, rows = read_csv(out)
+    assert [r["source"] for r in rows] == \
+        sorted(f"{archive}!/{y[i % 1000]}/img{i:06d}.png" for i in range(n))  # member order
+    assert all(r["status"] == "ok" for r in rows)
+    assert accuracy(rows) >= 0.9
+
+
+def test_an_input_that_kills_its_worker_twice_becomes_an_error_row(tmp_path, mnist_bundle,
+                                                                   mnist_test_images):
+    """An out-of-memory killer stand-in kills any worker whose memory grows by 80 MB: only the
+    large image does that. It kills its chunk's worker, then its worker again when run alone,
+    and becomes an error row; every other row is scored, in order."""
+    from PIL import Image, ImageDraw
+
+    psutil = pytest.importorskip("psutil")
+    x, _ = mnist_test_images
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    for i in range(200):
+        (folder / f"a{i:03d}.png").write_bytes(mnist_png(x[i]))
+    ring = Image.new("RGBA", (3400, 3400), (255, 255, 255, 0))
+    ImageDraw.Draw(ring).ellipse((1000, 1000, 2400, 2400), outline=(0, 0, 0, 255), width=120)
+    ring.save(folder / "a100-large.png")
+    out = tmp_path / "out.csv"
+    command = [sys.executable, "-m", "scorer", str(folder), "--model", str(mnist_bundle),
+               "--out", str(out), "--workers", "2", "--batch-size", "8"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    first_seen: dict[int, int] = {}
+    kills = 0
+    while process.poll() is None:
+        for worker in worker_processes(process):
+            with contextlib.suppress(psutil.Error):
+                rss = worker.memory_info().rss
+                if rss > first_seen.setdefault(worker.pid, rss) + 80 * 2**20:
+                    worker.kill()
+                    kills += 1
+        time.sleep(0.005)
+    stderr = process.stderr.read()
+    assert process.returncode == 3, stderr[-2000:]
+    assert "Traceback" not in stderr
+    _, rows = read_csv(out)
+    names = sorted(p.name for p in folder.iterdir())
+    assert [Path(r["source"]).name for r in rows] == names
+    by_name = {Path(r["source"]).name: r for r in rows}
+    assert by_name["a100-large.png"]["status"] == "error"
+    assert by_name["a100-large.png"]["error"].startswith("worker died while decoding")
+    assert all(r["status"] == "ok" for name, r in by_name.items() if name != "a100-large.png")
+    assert kills == 2
