@@ -685,3 +685,36 @@ def test_an_input_that_kills_its_worker_twice_becomes_an_error_row(tmp_path, mni
     assert by_name["a100-large.png"]["error"].startswith("worker died while decoding")
     assert all(r["status"] == "ok" for name, r in by_name.items() if name != "a100-large.png")
     assert kills == 2
+
+
+# --- only our decoders run ---------------------------------------------------------------------
+
+
+def test_a_postscript_file_named_png_never_runs_ghostscript(tmp_path, mnist_bundle,
+                                                            mnist_test_images):
+    """Pillow hands EPS files to Ghostscript when `gs` is on PATH: a hostile upload must never
+    reach it. A fake `gs` records any call."""
+    from PIL import Image
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    record = tmp_path / "gs-was-run"
+    gs = fake_bin / "gs"
+    gs.write_text(f"#!/bin/sh\necho \"$@\" >> {record}\nexit 1\n")
+    gs.chmod(0o755)
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    Image.fromarray(mnist_test_images[0][0]).save(folder / "digit.png", format="EPS")
+    assert (folder / "digit.png").read_bytes().startswith(b"%!PS")
+    (folder / "good.png").write_bytes(mnist_png(mnist_test_images[0][1]))
+    environment = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-m", "scorer", str(folder), "--model",
+                           str(mnist_bundle)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=environment)
+    assert done.returncode == 3, done.stderr
+    _, rows = read_csv(done.stdout)
+    by_name = {Path(r["source"]).name: r for r in rows}
+    assert by_name["digit.png"]["status"] == "error"
+    assert "unsupported image format" in by_name["digit.png"]["error"]
+    assert by_name["good.png"]["status"] == "ok"
+    assert not record.exists(), record.read_text()

@@ -16,6 +16,10 @@ from PIL import ExifTags, Image, PngImagePlugin, UnidentifiedImageError
 
 from scorer.images.errors import ImageError
 
+# The only Pillow decoders that may run, whatever a file's name says: Pillow would otherwise
+# identify the bytes by content and hand, e.g., a PostScript file named digit.png to Ghostscript.
+# (Multi-picture JPEGs come through "JPEG": Pillow's JPEG reader returns them as MPO images.)
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "TIFF", "WEBP")
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # Checked from the header, before any pixel is decoded. A digit never needs this many pixels:
 # 24 MP is a 6000x4000 camera photo (JPEGs are decoded at reduced size, see _plan).
@@ -112,7 +116,7 @@ def estimated_decoded_bytes(data: bytes, max_side: int | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _plan(Image.open(io.BytesIO(data)), max_side)
+            return _plan(Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS), max_side)
     except Exception:  # noqa: BLE001 (refused or unreadable: decoding it costs nothing)
         return 0
 
@@ -136,7 +140,7 @@ def open_image(data: bytes, max_side: int | None = None) -> Image.Image:
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = _load(Image.open(io.BytesIO(data)), max_side)
+                im = _load(Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS), max_side)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
