@@ -47,6 +47,7 @@ class Settings:
     seed: int = 42
     augment: bool = False
     limit: int | None = None
+    overwrite: bool = False  # replace --out even if it is not a bundle (see check_target)
 
 
 @dataclass
@@ -171,7 +172,8 @@ def export_bundle(settings: Settings, dataset: data.Dataset, model: keras.Model,
         "training_history.json": (json.dumps(history, indent=2) + "\n").encode(),
         **report_files(dataset, evaluation, history, metrics),
     }
-    write_bundle(Path(settings.out), files, manifest(settings, dataset, metrics))
+    write_bundle(Path(settings.out), files, manifest(settings, dataset, metrics),
+                 overwrite=settings.overwrite)
     print(f"bundle written to {settings.out}/ ({len(files) + 1} files)")
 
 
