@@ -50,9 +50,12 @@ def check_out(out: str) -> None:
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=256,
               help="Most images per model invocation (at most 64 in worker processes).")
 @click.option("--probabilities", is_flag=True, help="Add p0..p9 columns.")
+@click.option("--raw-csv", is_flag=True,
+              help="Write every cell exactly. By default a cell starting with = + - @ (a file "
+              "name a spreadsheet would run as a formula) gets a leading single quote.")
 @click.version_option(__version__, prog_name="digits-score")
 def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batch_size,
-         probabilities) -> None:
+         probabilities, raw_csv) -> None:
     """Classify digit images in SOURCES (image files, folders, .zip archives, s3://bucket/prefix/
     or s3://bucket/archive.zip) and write one CSV row per image:
     source,prediction,confidence,status,error[,label][,p0..p9].
@@ -73,7 +76,7 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     inputs = matcher.apply(iter_inputs(sources, stats, defer_reads=True))
     try:
         tally = score_to_outputs(inputs, bundle, out, report_dir, workers, batch_size,
-                                 probabilities)
+                                 probabilities, formula_guard=not raw_csv)
     except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
         raise click.UsageError(str(err)) from err  # listing starts; a model TFLite cannot load
     click.echo(tally.summary_line(stats.skipped), err=True)
@@ -101,11 +104,12 @@ def progress_bar(rows):
     return tqdm(rows, unit="img", file=sys.stderr, leave=False)
 
 
-def score_to_outputs(inputs, bundle, out, report_dir, workers, batch_size, probabilities):
+def score_to_outputs(inputs, bundle, out, report_dir, workers, batch_size, probabilities,
+                     formula_guard=True):
     from scorer.job import run_job
 
     tally = run_job(inputs, bundle, out, report_dir, workers=workers, batch_size=batch_size,
-                    probabilities=probabilities,
+                    probabilities=probabilities, formula_guard=formula_guard,
                     progress=progress_bar if sys.stderr.isatty() else None)
     if report_dir and not tally.labelled:
         click.echo("warning: no labelled images were scored, so no report was written "

@@ -79,12 +79,14 @@ class Tally:
 
 def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str | None = None, *,
             workers: int | None = None, batch_size: int = 256, probabilities: bool = False,
-            progress=None, run_info: dict | None = None, timings: bool = True) -> Tally:
+            progress=None, run_info: dict | None = None, timings: bool = True,
+            formula_guard: bool = True) -> Tally:
     """Score `inputs` into the CSV at `out` (path, '-' or s3:// URL). With `report_dir` and at
     least one labelled image, also write the report there. `progress` wraps the row iterator
     (e.g. a tqdm bar). Nothing is published unless every row was written. `timings=False` keeps
-    speed and clock time out of the report, so the same inputs give byte-identical outputs."""
-    sink = PredictionsCsv(out, bundle.labels, probabilities)
+    speed and clock time out of the report, so the same inputs give byte-identical outputs.
+    `formula_guard=False` writes cells exactly, even those a spreadsheet would run as formulas."""
+    sink = PredictionsCsv(out, bundle.labels, probabilities, formula_guard)
     tally = Tally()
     collector = report.ExampleCollector() if report_dir else None
     try:

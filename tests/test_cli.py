@@ -718,3 +718,25 @@ def test_a_postscript_file_named_png_never_runs_ghostscript(tmp_path, mnist_bund
     assert "unsupported image format" in by_name["digit.png"]["error"]
     assert by_name["good.png"]["status"] == "ok"
     assert not record.exists(), record.read_text()
+
+
+# --- spreadsheet formulas ----------------------------------------------------------------------
+
+
+def test_formula_like_cells_are_defused_unless_raw_csv(tmp_path, mnist_bundle,
+                                                       mnist_test_images):
+    """A source starting with = + - @ would run as a formula in a spreadsheet: by default such
+    cells get a leading single quote (OWASP); --raw-csv keeps them exact for programs."""
+    names = ["=HYPERLINK(1).png", "+1.png", "-2.png", "@SUM(1).png", "plain.png"]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(mnist_png(mnist_test_images[0][i]))
+    base = [sys.executable, "-m", "scorer", "--model", str(mnist_bundle)]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    guarded = subprocess.run([*base, "--", *names], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120, env=environment)
+    raw = subprocess.run([*base, "--raw-csv", "--", *names], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env=environment)
+    assert guarded.returncode == raw.returncode == 0, guarded.stderr + raw.stderr
+    assert [r["source"] for r in read_csv(guarded.stdout)[1]] == \
+        [f"'{name}" for name in names[:4]] + ["plain.png"]
+    assert [r["source"] for r in read_csv(raw.stdout)[1]] == names
