@@ -9,6 +9,21 @@ import click
 from scorer import __version__
 
 
+def check_report_dir(report_dir: str | None) -> None:
+    """A local --report-dir must be (or be creatable as) a folder: fail before scoring."""
+    from pathlib import Path
+
+    from scorer.s3client import is_s3
+
+    if report_dir is None or is_s3(report_dir):
+        return
+    path = Path(report_dir)
+    while not path.exists() and path != path.parent:  # the nearest part that exists
+        path = path.parent
+    if not path.is_dir():
+        raise click.BadParameter(f"{path} is not a folder", param_hint="--report-dir")
+
+
 def check_out(out: str) -> None:
     """A local --out must name a file in a folder we can write to: fail before scoring."""
     from pathlib import Path
@@ -71,6 +86,7 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     except (BundleError, SourceError) as err:
         raise click.UsageError(str(err)) from err
     check_out(out)
+    check_report_dir(report_dir)
     matcher = LabelMatcher(read_labels(labels_csv, bundle.labels) if labels_csv else {})
     stats = SourceStats()
     inputs = matcher.apply(iter_inputs(sources, stats, defer_reads=True))

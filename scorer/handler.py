@@ -88,6 +88,8 @@ def score_notified(bucket: str, key: str) -> str | None:
 def notified_objects(event: dict) -> list[tuple[str, str]]:
     """(bucket, key) of each created object in an S3 or EventBridge notification."""
     if event.get("source") == "aws.s3" and "detail" in event:
+        if event.get("detail-type") != "Object Created":  # e.g. "Object Deleted"
+            return []
         detail = S3EventBridgeNotificationEvent(event).detail
         return [(detail.bucket.name, detail.object.key)]  # the key comes URL-decoded
     return [(record.s3.bucket.name, unquote_plus(record.s3.get_object.key))

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scorer.files import atomic_write
+from scorer.files import atomic_write, file_mode
 from scorer.pipeline import Row
 from scorer.s3client import client, is_s3, parse_s3_url
 
@@ -122,7 +122,7 @@ def publish_file(path: str, target: str) -> None:
             bucket, key = parse_s3_url(target)
             client().upload_file(path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
         else:
-            os.chmod(path, 0o644)
+            os.chmod(path, file_mode())
             os.replace(path, target)
     finally:
         Path(path).unlink(missing_ok=True)

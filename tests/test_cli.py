@@ -740,3 +740,46 @@ def test_formula_like_cells_are_defused_unless_raw_csv(tmp_path, mnist_bundle,
     assert [r["source"] for r in read_csv(guarded.stdout)[1]] == \
         [f"'{name}" for name in names[:4]] + ["plain.png"]
     assert [r["source"] for r in read_csv(raw.stdout)[1]] == names
+
+
+# --- checked before scoring; written as the user's umask says ----------------------------------
+
+
+@pytest.mark.parametrize("change", ["classes", "geometry"])
+def test_manifest_that_disagrees_with_the_model_is_a_usage_error(tmp_path, labelled_tree,
+                                                                mnist_bundle, change):
+    bundle = Path(shutil.copytree(mnist_bundle, tmp_path / "bundle"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if change == "classes":
+        manifest["classes"] = [*manifest["classes"], "10"]
+    else:
+        manifest["input"]["geometry"]["height"] = manifest["input"]["geometry"]["width"] = 32
+        manifest["input"]["shape"] = [32, 32]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out.csv"
+    done = score_cli(labelled_tree / "1", "--model", bundle, "--out", out)
+    assert_usage_error(done, mentions="manifest")
+    assert not out.exists()
+
+
+def test_report_dir_on_a_file_is_a_usage_error_before_scoring(tmp_path, labelled_tree,
+                                                              mnist_bundle):
+    report = tmp_path / "report"
+    report.write_text("a file")
+    out = tmp_path / "out.csv"
+    done = score_cli(labelled_tree / "1", "--model", mnist_bundle, "--out", out,
+                     "--report-dir", report)
+    assert_usage_error(done, mentions="--report-dir")
+    assert not out.exists()
+
+
+def test_outputs_honour_the_umask(tmp_path, labelled_tree, mnist_bundle):
+    out = tmp_path / "out.csv"
+    report = tmp_path / "report"
+    command = [sys.executable, "-m", "scorer", str(labelled_tree / "1"), "--model",
+               str(mnist_bundle), "--out", str(out), "--report-dir", str(report)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: os.umask(0o077))
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert {p.stat().st_mode & 0o777 for p in report.iterdir()} == {0o600}

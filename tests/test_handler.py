@@ -291,3 +291,16 @@ def test_output_bucket_and_prefixes_come_from_the_environment(stack, lambda_root
                                                  "OUTPUT_BUCKET": target})
     assert response == {"outputs": [f"s3://{target}/scored/d.png.csv"]}
     assert s3.list_objects_v2(Bucket=target)["KeyCount"] == 1
+
+
+def test_eventbridge_object_deleted_is_not_scored(stack, lambda_root, mnist_test_images):
+    s3, bucket = stack["s3"], stack["bucket"]
+    s3.put_object(Bucket=bucket, Key="incoming/still-here.png", Body=png(mnist_test_images[0][0]))
+    deleted = {"version": "0", "id": "e2", "detail-type": "Object Deleted", "source": "aws.s3",
+               "account": "123456789012", "time": "2026-11-24T00:00:00Z", "region": "us-east-1",
+               "resources": [f"arn:aws:s3:::{bucket}"],
+               "detail": {"version": "0", "bucket": {"name": bucket},
+                          "object": {"key": "incoming/still-here.png"},
+                          "reason": "DeleteObject", "deletion-type": "Permanently Deleted"}}
+    assert invoke(lambda_root, deleted) == [{"outputs": []}]
+    assert outputs(stack) == {}

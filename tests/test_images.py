@@ -574,3 +574,15 @@ def test_decoded_size_is_bounded_from_the_header():
     im = decoding.open_image(data, 512)
     assert max(im.size) <= 4 * 512  # reduced right after decoding
     assert normalize(data).max() > 0
+
+
+def test_a_corrupt_exif_chunk_is_ignored(mnist_images):
+    """A valid PNG whose eXIf chunk is garbage is scored as if it had none."""
+    data = mnist_png(mnist_images[0][0])
+    garbage = b"\xff" * 40  # not even a TIFF header
+    chunk = (struct.pack(">I", len(garbage)) + b"eXIf" + garbage
+             + struct.pack(">I", zlib.crc32(b"eXIf" + garbage) & 0xFFFFFFFF))
+    end = data.index(b"IDAT") - 4  # before the first IDAT chunk
+    broken = data[:end] + chunk + data[end:]
+    np.testing.assert_array_equal(normalize(broken), normalize(data))
+    assert images.normalize_many([broken])[0][0] is not None

@@ -99,9 +99,15 @@ def _reduce(im: Image.Image, max_side: int | None) -> Image.Image:
 
 
 def _orientation(im: Image.Image, fmt: str | None) -> int:
+    """The EXIF orientation tag (1 = upright). Corrupt EXIF is ignored: the pixels are fine."""
     if fmt not in ("JPEG", "MPO", "TIFF", "WEBP") and "exif" not in im.info:
         return 1
-    return im.getexif().get(ExifTags.Base.Orientation, 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns "Corrupt EXIF data" and goes on
+            return int(im.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # noqa: BLE001 (any malformed EXIF: score the image as stored)
+        return 1
 
 
 def estimated_decoded_bytes(data: bytes, max_side: int | None = None) -> int:
