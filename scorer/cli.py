@@ -9,6 +9,21 @@ import click
 from scorer import __version__
 
 
+def check_report_dir(report_dir: str | None) -> None:
+    """A local --report-dir must be (or be creatable as) a folder: fail before scoring."""
+    from pathlib import Path
+
+    from scorer.s3client import is_s3
+
+    if report_dir is None or is_s3(report_dir):
+        return
+    path = Path(report_dir)
+    while not path.exists() and path != path.parent:  # the nearest part that exists
+        path = path.parent
+    if not path.is_dir():
+        raise click.BadParameter(f"{path} is not a folder", param_hint="--report-dir")
+
+
 def check_out(out: str) -> None:
     """A local --out must name a file in a folder we can write to: fail before scoring."""
     from pathlib import Path
@@ -57,9 +72,12 @@ def check_out(out: str) -> None:
               help="Predictions below this confidence get status=review (they keep the "
               "prediction), for a person to check. The report's accuracy-against-coverage table "
               "helps choose it.  [default: off]")
+@click.option("--raw-csv", is_flag=True,
+              help="Write every cell exactly. By default a cell starting with = + - @ (a file "
+              "name a spreadsheet would run as a formula) gets a leading single quote.")
 @click.version_option(__version__, prog_name="digits-score")
 def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batch_size,
-         probabilities, min_confidence) -> None:
+         probabilities, min_confidence, raw_csv) -> None:
     """Classify digit images in SOURCES (image files, folders, .zip archives, s3://bucket/prefix/
     or s3://bucket/archive.zip) and write one CSV row per image:
     source,prediction,confidence,status,error[,label][,p0..p9].
@@ -76,13 +94,15 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     except (BundleError, SourceError) as err:
         raise click.UsageError(str(err)) from err
     check_out(out)
+    check_report_dir(report_dir)
     matcher = LabelMatcher(read_labels(labels_csv, bundle.labels) if labels_csv else {})
     stats = SourceStats()
     inputs = matcher.apply(iter_inputs(sources, stats, defer_reads=True))
     try:
         tally = score_to_outputs(inputs, bundle, out, report_dir, workers=workers,
                                  batch_size=batch_size, probabilities=probabilities,
-                                 min_confidence=min_confidence)
+                                 min_confidence=min_confidence,
+                                 formula_guard=not raw_csv)
     except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
         raise click.UsageError(str(err)) from err  # listing starts; a model TFLite cannot load
     click.echo(tally.summary_line(stats.skipped), err=True)

@@ -8,6 +8,14 @@ import tempfile
 from pathlib import Path
 
 
+def file_mode() -> int:
+    """The mode a new file gets from open(): 0o666 less the process's umask (mkstemp's 0o600
+    would ignore what the user chose)."""
+    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, then rename it into place: readers see
     the old file or the new one, never half of one."""
@@ -15,7 +23,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

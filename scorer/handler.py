@@ -31,6 +31,7 @@ from aws_lambda_powertools.utilities.data_classes.s3_batch_operation_event impor
 
 from scorer import batch_jobs, s3_jobs
 from scorer.bundle import Bundle, load_bundle
+from scorer.s3client import gone_or_archived_reason, is_gone_or_archived
 
 logger = Logger(service="digits-scorer")
 metrics = Metrics(namespace="HandwrittenDigits", service="digits-scorer")
@@ -66,7 +67,7 @@ def handler(event: dict, context) -> dict:
         record_metrics(tally)
         return {"output": out, "scored": tally.scored, "review": tally.review,
                 "blank": tally.blank, "failed": tally.failed, "accuracy": tally.accuracy}
-    return {"outputs": [score(bucket, key) for bucket, key in notified_objects(event)]}
+    return {"outputs": [score_notified(bucket, key) for bucket, key in notified_objects(event)]}
 
 
 def sqs_record(record: SQSRecord) -> None:
@@ -76,12 +77,27 @@ def sqs_record(record: SQSRecord) -> None:
         logger.info("acknowledged s3:TestEvent")
         return
     for bucket, key in notified_objects(body):
-        score(bucket, key)
+        score_notified(bucket, key)
+
+
+def score_notified(bucket: str, key: str) -> str | None:
+    """Score a notified object. One deleted before we got to it, or archived, is logged and
+    acknowledged: retrying cannot change that, it would only fill the dead-letter queue."""
+    try:
+        return score(bucket, key)
+    except Exception as err:
+        if not is_gone_or_archived(err):
+            raise
+        logger.warning("object not scored, not retried", extra={
+            "bucket": bucket, "key": key, "reason": gone_or_archived_reason(err)})
+        return None
 
 
 def notified_objects(event: dict) -> list[tuple[str, str]]:
     """(bucket, key) of each created object in an S3 or EventBridge notification."""
     if event.get("source") == "aws.s3" and "detail" in event:
+        if event.get("detail-type") != "Object Created":  # e.g. "Object Deleted"
+            return []
         detail = S3EventBridgeNotificationEvent(event).detail
         return [(detail.bucket.name, detail.object.key)]  # the key comes URL-decoded
     return [(record.s3.bucket.name, unquote_plus(record.s3.get_object.key))

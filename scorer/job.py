@@ -102,15 +102,19 @@ def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str |
             workers: int | None = None, batch_size: int = 256, probabilities: bool = False,
             min_confidence: float | None = None, progress=None, run_info: dict | None = None,
             timings: bool = True, label_column: bool | None = None,
-            collector: report.ExampleCollector | None = None) -> Tally:
+            collector: report.ExampleCollector | None = None,
+            formula_guard: bool = True) -> Tally:
     """Score `inputs` into the CSV at `out` (path, '-' or s3:// URL). With `report_dir` and at
     least one labelled image, also write the report there. Predictions below `min_confidence`
     get status "review". `progress` wraps the row iterator (e.g. a tqdm bar). Nothing is
     published unless every row was written. `timings=False` keeps speed and clock time out of
     the report, so the same inputs give byte-identical outputs. `label_column=True` keeps the
     label column even when no row has a label (parts of a job that are merged later); a given
-    `collector` is fed the labelled predictions (with their images) even without `report_dir`."""
-    sink = PredictionsCsv(out, bundle.labels, probabilities, label_column=label_column)
+    `collector` is fed the labelled predictions (with their images) even without `report_dir`.
+    `formula_guard=False` writes cells exactly, even those a spreadsheet would run as
+    formulas."""
+    sink = PredictionsCsv(out, bundle.labels, probabilities, label_column=label_column,
+                          formula_guard=formula_guard)
     tally = Tally()
     if collector is None and report_dir:
         collector = report.ExampleCollector()

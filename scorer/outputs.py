@@ -14,13 +14,23 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from scorer.files import atomic_write
+from scorer.files import atomic_write, file_mode
 from scorer.pipeline import Row
 from scorer.s3client import client, is_s3, parse_s3_url
 
 BASE_COLUMNS = ["source", "prediction", "confidence", "status", "error"]
 LABEL_COLUMN = len(BASE_COLUMNS)  # index of "label", when there is one
-MULTIPART_CHUNK = 8 * 1024 * 1024  # bytes per uploaded part; S3 wants >= 5 MiB but the last
+MULTIPART_CHUNK = 8 * 1024 * 1024  # bytes per uploaded part: S3 wants >= 5 MiB (but the last)
+
+
+# A cell starting with one of these is a formula to a spreadsheet (tab and CR too, as OWASP
+# notes): file names and error text are untrusted, so by default such cells get a leading quote.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def defuse_formula(text: str) -> str:
+    """Text a spreadsheet shows as text: a leading single quote before a formula start."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
 
 
 def csv_header(labels: list[str], with_label: bool, with_probabilities: bool) -> list[str]:
@@ -29,16 +39,17 @@ def csv_header(labels: list[str], with_label: bool, with_probabilities: bool) ->
 
 
 def csv_fields(row: Row, labels: list[str], with_label: bool,
-               with_probabilities: bool) -> list[str]:
+               with_probabilities: bool, formula_guard: bool = True) -> list[str]:
+    text = defuse_formula if formula_guard else str
     fields = [
-        row.source,
-        "" if row.prediction is None else labels[row.prediction],
+        text(row.source),
+        "" if row.prediction is None else text(labels[row.prediction]),
         "" if row.confidence is None else f"{row.confidence:.6f}",
         row.status,
-        row.error,
+        text(row.error),
     ]
     if with_label:
-        fields.append("" if row.label is None else labels[row.label])
+        fields.append("" if row.label is None else text(labels[row.label]))
     if with_probabilities:
         probs = row.probabilities
         fields += [""] * len(labels) if probs is None else [f"{p:.6f}" for p in probs]
@@ -47,14 +58,17 @@ def csv_fields(row: Row, labels: list[str], with_label: bool,
 
 class PredictionsCsv:
     """Streams rows (always with a label column) to a temporary file; `finish` drops the label
-    column if no row had a label (unless `label_column` is True), then publishes the file."""
+    column if no row had a label (unless `label_column` is True), then publishes the file.
+    With `formula_guard` (the default), text cells that a spreadsheet would run as formulas
+    start with a quote."""
 
     def __init__(self, target: str, labels: list[str], with_probabilities: bool,
-                 label_column: bool | None = None):
+                 label_column: bool | None = None, formula_guard: bool = True):
         self.target = target
         self.labels = labels
         self.with_probabilities = with_probabilities
         self.label_column = label_column
+        self.formula_guard = formula_guard
         self.any_label = False
         self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in finish/abort)
             "w", newline="", encoding="utf-8", suffix=".csv", delete=False,
@@ -71,7 +85,8 @@ class PredictionsCsv:
 
     def write(self, row: Row) -> None:
         self.any_label = self.any_label or row.label is not None
-        self.writer.writerow(csv_fields(row, self.labels, True, self.with_probabilities))
+        self.writer.writerow(csv_fields(row, self.labels, True, self.with_probabilities,
+                                        self.formula_guard))
 
     def finish(self) -> None:
         self.file.close()
@@ -172,7 +187,7 @@ def publish_file(path: str, target: str) -> None:
             bucket, key = parse_s3_url(target)
             client().upload_file(path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
         else:
-            os.chmod(path, 0o644)
+            os.chmod(path, file_mode())
             os.replace(path, target)
     finally:
         Path(path).unlink(missing_ok=True)

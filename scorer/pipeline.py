@@ -1,27 +1,29 @@
-"""Inputs -> rows: decode and normalise in worker processes, classify in batches, keep input order.
+"""Inputs -> rows: classify in worker processes (``scorer.workers``), keep input order.
 
 One pipeline serves the CLI and the Lambda handler. It streams: at most WINDOWS_IN_FLIGHT windows
-of inputs (`window = batch_size * workers`) are in memory at once, however many images there are.
+of inputs are in memory at once, however many images there are. A window ends at
+`batch_size * workers` inputs or at WINDOW_BYTES, whichever comes first, where an input costs
+its bytes plus what decoding it will allocate (from its header), so a few small files that
+decode to huge images, or huge zip members, cannot pile up; each worker task is bounded the same
+way (``scorer.workers.CHUNK_BYTES``).
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from itertools import islice
 from typing import NamedTuple
 
 import numpy as np
 
-from scorer.bundle import Bundle, Classifier
-from scorer.images import BLANK_REASON, Geometry, ImageError, normalize, normalize_many
-from scorer.sources import Input, load
+from scorer.bundle import Bundle
+from scorer.images import BLANK_REASON
+from scorer.sources import Input
+from scorer.workers import Classified, ScoringPool, default_workers, input_cost
 
-WINDOWS_IN_FLIGHT = 3  # windows of batch_size x workers inputs: the memory bound of a run
+WINDOWS_IN_FLIGHT = 3  # windows of inputs in memory at once: with the budgets, the memory bound
+WINDOW_BYTES = 32 * 2**20  # most input bytes + decoded bytes per window (one input may exceed it)
+IN_FLIGHT_BYTES = 3 * WINDOW_BYTES  # no new window while the windows in flight cost this much
 # A row's status (docs/output.md): a prediction; a prediction below --min-confidence, for a
 # person to check; an image with no ink (a result: empty boxes are normal on forms); an input
 # that could not be read (the error column says why).
@@ -44,126 +46,19 @@ class Row(NamedTuple):
     image: np.ndarray | None = None
 
 
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def prepare(data: bytes, geometry: Geometry) -> tuple[np.ndarray | None, str]:
-    """Bytes -> (model input, "") or (None, one-line reason). Never raises for bad images."""
-    try:
-        return normalize(data, geometry), ""
-    except ImageError as err:
-        return None, str(err)
-    except Exception as err:  # noqa: BLE001 (a hostile or odd file must not end the job)
-        return None, f"cannot decode image: {type(err).__name__}: {' '.join(str(err).split())}"
-
-
-class Classified(NamedTuple):
-    """What a chunk of inputs became, in compact arrays: cheap to send back from a worker
-    (one pickle of two arrays instead of two small arrays per image).
-
-    ``reasons``: one per input, "" where it was classified; ``images``: uint8 (g, h, w) model
-    inputs and ``probabilities``: float32 (g, n_classes), for the g classified inputs in order.
-    """
-
-    reasons: list[str]
-    images: np.ndarray
-    probabilities: np.ndarray
-
-    @staticmethod
-    def join(parts: list[Classified]) -> Classified:
-        if len(parts) == 1:
-            return parts[0]
-        return Classified([r for part in parts for r in part.reasons],
-                          np.concatenate([part.images for part in parts]),
-                          np.concatenate([part.probabilities for part in parts]))
-
-
-def classify_chunk(items: list[Input], geometry: Geometry, classifier: Classifier) -> Classified:
-    """Read deferred local files, normalise and classify a chunk of inputs."""
-    loaded = [load(item) for item in items]
-    reasons = ["" if item.error is None else item.error or "cannot read" for item in loaded]
-    readable = [i for i, item in enumerate(loaded) if item.error is None]
-    blobs = [loaded[i].data for i in readable]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. Pillow's "Corrupt EXIF data": the row says enough
-        try:  # small images of one size are normalised together: several times faster
-            normalised = normalize_many(blobs, geometry)
-        except Exception:  # noqa: BLE001 (find the culprit one by one; it becomes its row)
-            normalised = [prepare(blob, geometry) for blob in blobs]
-    good = []
-    for i, (image, reason) in zip(readable, normalised, strict=True):
-        if image is None:
-            reasons[i] = reason
-        else:
-            good.append(image)
-    images = np.stack(good) if good else np.zeros((0, geometry.height, geometry.width), np.uint8)
-    return Classified(reasons, images, classifier.predict(images))
-
-
-_worker: dict = {}  # per worker process: its geometry and its own TFLite interpreter
-
-
-def _init_worker(model_content: bytes, geometry: Geometry) -> None:
-    _worker["geometry"] = geometry
-    _worker["classifier"] = Classifier(model_content, num_threads=1)
-
-
-def _classify_in_worker(items: list[Input]) -> Classified:
-    return classify_chunk(items, _worker["geometry"], _worker["classifier"])
-
-
-class ScoringPool:
-    """Reads, normalises and classifies windows of inputs in chunks: in a process pool when there
-    is more than one worker and more than one window of work (a single image never pays for
-    starting processes). Each worker runs its own interpreter, so this process only merges rows
-    and writes them."""
-
-    CHUNK = 64  # most inputs per task (and model invocation) in a worker: amortises the
-    # inter-process overhead while keeping every core busy
-
-    def __init__(self, bundle: Bundle, workers: int, batch_size: int):
-        self.geometry = bundle.geometry
-        self.model_content = bundle.model_bytes()
-        self.classifier: Classifier | None = None  # this process's, only when it does the work
-        self.workers = max(1, workers)
-        self.chunk = max(1, min(self.CHUNK, batch_size))
-        self.executor: ProcessPoolExecutor | None = None
-
-    def submit(self, window: list[Input], use_pool: bool) -> list:
-        """Start preparing; `collect` the returned handle for the results in order."""
-        payload = [item for item in window if item.error is None]
-        if use_pool and self.workers > 1 and self._start_pool():
-            size = max(1, min(self.chunk, -(-len(payload) // self.workers)))
-            return [self.executor.submit(_classify_in_worker, payload[i : i + size])
-                    for i in range(0, len(payload), size)]
-        if self.classifier is None:
-            self.classifier = Classifier(self.model_content, num_threads=1)
-        return [classify_chunk(payload, self.geometry, self.classifier)]
-
-    @staticmethod
-    def collect(handle: list) -> Classified:
-        # A worker killed (e.g. out of memory) raises BrokenProcessPool here instead of hanging.
-        return Classified.join([part.result() if isinstance(part, Future) else part
-                                for part in handle])
-
-    def _start_pool(self) -> bool:
-        if self.executor is None:
-            try:  # fork: workers start in milliseconds and inherit the imported modules
-                methods = multiprocessing.get_all_start_methods()
-                context = multiprocessing.get_context("fork" if "fork" in methods else None)
-                self.executor = ProcessPoolExecutor(self.workers, mp_context=context,
-                                                initializer=_init_worker,
-                                                initargs=(self.model_content, self.geometry))
-            except OSError:  # no /dev/shm (AWS Lambda): work in this process
-                self.workers = 1
-                return False
-        return True
-
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.executor = None
+def next_window(stream: Iterator[Input], most: int) -> tuple[list[Input], list[int], bool]:
+    """The next window: (inputs, their costs, whether it ended on a limit rather than at the
+    end of the stream). It ends after `most` inputs or once WINDOW_BYTES are reached."""
+    window: list[Input] = []
+    costs: list[int] = []
+    spent = 0
+    for item in stream:
+        window.append(item)
+        costs.append(input_cost(item))
+        spent += costs[-1]
+        if len(window) >= most or spent >= WINDOW_BYTES:
+            return window, costs, True
+    return window, costs, False
 
 
 def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None,
@@ -175,20 +70,33 @@ def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None
     scoring = ScoringPool(bundle, workers, batch_size)
     window_size = batch_size * scoring.workers
     stream = iter(inputs)
-    in_flight: deque[tuple[list[Input], list]] = deque()
+    in_flight: deque[tuple[list[Input], int, list]] = deque()  # (window, its cost, handle)
+
+    def start(window: list[Input], costs: list[int], use_pool: bool) -> None:
+        handle = scoring.submit(window, costs, use_pool)
+        # Rows need names and labels only: the bytes now belong to the workers' tasks.
+        in_flight.append(([without_data(item) for item in window], sum(costs), handle))
+
     try:
-        window = list(islice(stream, window_size))
-        in_flight.append((window, scoring.submit(window, use_pool=len(window) == window_size)))
+        window, costs, more = next_window(stream, window_size)
+        start(window, costs, use_pool=more)  # a single window never pays for starting processes
         while in_flight:
-            # Keep the workers a few windows ahead, so they never wait for this process.
-            while len(in_flight) < WINDOWS_IN_FLIGHT and (window := list(islice(stream,
-                                                                                window_size))):
-                in_flight.append((window, scoring.submit(window, use_pool=True)))
-            window, pending = in_flight.popleft()
+            # Keep the workers a few windows ahead, so they never wait for this process, within
+            # the byte budget of what is in flight.
+            while more and len(in_flight) < WINDOWS_IN_FLIGHT and \
+                    sum(cost for _, cost, _ in in_flight) < IN_FLIGHT_BYTES:
+                window, costs, more = next_window(stream, window_size)
+                if window:
+                    start(window, costs, use_pool=True)
+            window, _, pending = in_flight.popleft()
             yield from rows(window, scoring.collect(pending), keep_probabilities,
                             min_confidence)
     finally:
         scoring.close()
+
+
+def without_data(item: Input) -> Input:
+    return item if item.data is None else Input(item.name, None, item.error, item.label)
 
 
 def printable(name: str) -> str:

@@ -68,6 +68,21 @@ def s3_errors() -> tuple[type[BaseException], ...]:
     return (BotoCoreError, ClientError, OSError)
 
 
+# Conditions of one object that no retry can change: it was deleted (a notification can arrive
+# after that), or it sits in an archive storage class (GLACIER, DEEP_ARCHIVE) until restored.
+GONE_OR_ARCHIVED = frozenset({"NoSuchKey", "404", "NotFound", "InvalidObjectState"})
+
+
+def is_gone_or_archived(exc: BaseException) -> bool:
+    return error_code(exc) in GONE_OR_ARCHIVED
+
+
+def gone_or_archived_reason(exc: BaseException) -> str:
+    if error_code(exc) == "InvalidObjectState":
+        return "object is archived (GLACIER or DEEP_ARCHIVE): restore it to score it"
+    return "object no longer exists (deleted before it was read)"
+
+
 def error_code(exc: BaseException) -> str:
     """The S3 error code of a ClientError ("NoSuchKey", "SlowDown", ...), else ""."""
     response = getattr(exc, "response", None) or {}

@@ -248,8 +248,11 @@ def test_part_ids_depend_on_the_keys_only_and_overlapping_parts_are_refused():
         batch_jobs.in_key_order([part("1", "k1", "k3"), part("2", "k2", "k4")])
 
 
-def test_a_failed_batch_leaves_no_part_and_its_retry_completes_the_job(moto_endpoint, handler,  # noqa: F811
-                                                                       mnist, mnist_bundle):
+def test_an_object_deleted_after_listing_is_an_error_row_not_a_failed_batch(  # noqa: F811
+        moto_endpoint, handler, mnist, mnist_bundle):
+    """A deleted object is permanent (no retry can bring it back): its batch completes with an
+    error row for it, so the job is not held up by retries; running the batch again changes
+    nothing."""
     s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
     objects = {f"incoming/scan/{i:04d}.png": png(mnist.x_test[i]) for i in range(120)}
@@ -258,18 +261,17 @@ def test_a_failed_batch_leaves_no_part_and_its_retry_completes_the_job(moto_endp
     first, second = batches("job-2", source, listed_items(s3, bucket, "incoming/scan/"))
     s3.delete_object(Bucket=bucket, Key="incoming/scan/0110.png")  # gone after the listing
     handler(first)
-    with pytest.raises(Exception, match="NoSuchKey"):  # raised: Step Functions retries it
-        handler(second)
+    handler(second)
+    handler(second)  # a retried batch overwrites its own part
     parts = keys_under(s3, bucket, "predictions/.jobs/job-2/parts/")
-    assert sum(k.endswith(".json") and not k.endswith(".examples.json") for k in parts) == 1
-    s3.put_object(Bucket=bucket, Key="incoming/scan/0110.png", Body=objects[
-        "incoming/scan/0110.png"])
-    handler(second)  # the retry succeeds
+    assert sum(k.endswith(".json") and not k.endswith(".examples.json") for k in parts) == 2
     merged = handler({"merge": {"job_id": "job-2", "source": source}})
-    assert merged["rows"] == merged["scored"] + merged["blank"] == 120
+    assert merged["rows"] == 120 and merged["failed"] == 1
     rows = list(csv.DictReader(io.StringIO(
         read(s3, bucket, "predictions/scan/predictions.csv").decode("utf-8"), newline="")))
     assert [r["source"] for r in rows] == [f"s3://{bucket}/{k}" for k in sorted(objects)]
+    [gone] = [r for r in rows if r["status"] == "error"]
+    assert gone["source"].endswith("0110.png") and "no longer exists" in gone["error"]
     assert keys_under(s3, bucket, "predictions/.jobs/job-2/parts/") == []
 
 

@@ -352,7 +352,7 @@ def test_every_kind_of_bad_file_in_one_folder(tmp_path, mnist_bundle, mnist_test
         "blank_white.png": mnist_png(np.full((28, 28), 255, np.uint8)),
         "bomb.png": crafted_png(40_000, 40_000),  # 1.6 gigapixels declared
         "bomb_truncated.png": crafted_png(40_000, 40_000, rows=100),
-        "big_blank.png": crafted_png(6_000, 6_000),  # 36 MP: under the limit, decoded
+        "big_blank.png": crafted_png(6_000, 6_000),  # 36 MP: over the 24 MP limit, refused from the header
     }
     for name, data in bad.items():
         (root / name).write_bytes(data)
@@ -380,7 +380,7 @@ def test_every_kind_of_bad_file_in_one_folder(tmp_path, mnist_bundle, mnist_test
     status = {Path(r["source"]).relative_to(root).as_posix(): r for r in rows}
     for name in [*goods, "x.png/inside.png"]:
         assert status[name]["status"] == "ok", status[name]
-    blanks = ["blank_white.png", "big_blank.png"]  # no ink: a result, not a failure
+    blanks = ["blank_white.png"]  # no ink: a result, not a failure (big_blank is too large)
     for name in [*bad, "dangling.png"]:
         row = status[name]
         assert row["status"] == ("blank" if name in blanks else "error"), row
@@ -389,7 +389,7 @@ def test_every_kind_of_bad_file_in_one_folder(tmp_path, mnist_bundle, mnist_test
     assert "too large" in status["bomb.png"]["error"]
     assert "blank" in status["blank_white.png"]["error"]
     assert "dangling" in status["dangling.png"]["error"]
-    assert f"scored {len(goods) + 1}, blank 2, failed {len(bad) - 2 + 1}," in stderr
+    assert f"scored {len(goods) + 1}, blank 1, failed {len(bad) - 1 + 1}," in stderr
     print(f"mixed folder: peak RSS one process {single_mb:.0f} MB, all processes {tree_mb:.0f} MB")
     assert single_mb < 1024
     assert tree_mb < 1024
@@ -580,3 +580,248 @@ def test_8x8_bundle_uses_its_own_geometry(labelled_tree, digits_bundle, tmp_path
     assert len(rows) == 400 and all(r["status"] == "ok" for r in rows)
     print(f"\n8x8 model on MNIST PNGs: {accuracy(rows):.1%}")
     assert accuracy(rows) >= 0.5  # a different dataset, but clearly not chance
+
+
+# --- hostile inputs: memory is counted in bytes, not inputs ----------------------------------
+
+
+def png_of(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hostile_tree(tmp_path_factory, mnist_test_images) -> Path:
+    """Small files that are large in memory: a 2 MB zip of 40 members of 48 MB of zeros,
+    ~140 KB PNGs that declare 6000x6000 RGBA or 16-bit pixels, 60 KB PNGs just under the decoded
+    size limit (scored); plus a few real digits."""
+    from PIL import Image, ImageDraw
+
+    root = tmp_path_factory.mktemp("hostile") / "uploads"
+    root.mkdir()
+    zeros = b"\0" * (48 * 2**20)
+    with zipfile.ZipFile(root / "zeros.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(40):
+            zf.writestr(f"member{i:02d}.png", zeros)
+    rgba = png_of(Image.new("RGBA", (6000, 6000), (255, 255, 255, 0)))
+    deep = png_of(Image.new("I;16", (6000, 6000), 0))
+    for i in range(4):
+        (root / f"rgba{i}.png").write_bytes(rgba)
+        (root / f"deep{i}.png").write_bytes(deep)
+    ring = Image.new("RGBA", (3400, 3400), (255, 255, 255, 0))  # 44 MB of RGBA pixels
+    ImageDraw.Draw(ring).ellipse((1000, 1000, 2400, 2400), outline=(0, 0, 0, 255), width=120)
+    ring = png_of(ring)
+    for i in range(4):
+        (root / f"ring{i}.png").write_bytes(ring)
+    x, _ = mnist_test_images
+    for i in range(3):
+        (root / f"digit{i}.png").write_bytes(mnist_png(x[i]))
+    assert sum(p.stat().st_size for p in root.iterdir()) < 4 * 2**20
+    return root
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_hostile_uploads_stay_under_1_gb(tmp_path, mnist_bundle, hostile_tree, workers):
+    out = tmp_path / "out.csv"
+    code, single_mb, tree_mb = measured_run(
+        [hostile_tree, "--model", mnist_bundle, "--out", out, "--workers", workers,
+         "--batch-size", 4],  # small windows: the pool runs, several windows in flight
+        tmp_path / "stdout", tmp_path / "stderr")
+    stderr = (tmp_path / "stderr").read_text(errors="replace")
+    assert code == 3, stderr[-2000:]
+    _, rows = read_csv(out)
+    assert len(rows) == 40 + 8 + 4 + 3
+    status = {Path(r["source"]).name: (r["status"], r["error"]) for r in rows}
+    assert all(status[f"ring{i}.png"] == ("ok", "") for i in range(4))
+    assert all(status[f"digit{i}.png"] == ("ok", "") for i in range(3))
+    assert all(status[f"{kind}{i}.png"][1].startswith("image too large")
+               for kind in ("rgba", "deep") for i in range(4))
+    print(f"hostile uploads, {workers} workers: peak RSS one process {single_mb:.0f} MB, "
+          f"all processes {tree_mb:.0f} MB")
+    assert single_mb < 1024
+    assert tree_mb < 1024
+
+
+# --- a worker killed mid-run (the OOM killer) --------------------------------------------------
+
+
+def worker_processes(process):
+    """The CLI's pool workers: its forked children."""
+    psutil = pytest.importorskip("psutil")
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(process.pid).children()
+    return []
+
+
+def test_a_killed_worker_loses_no_rows(tmp_path, mnist_bundle, mnist_test_images):
+    """SIGKILL one worker while a large run is in flight: the pool restarts, the lost chunks run
+    again, and the CSV has every row, in order."""
+    x, y = mnist_test_images
+    n = 30_000
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(n):
+            zf.writestr(f"{y[i % 1000]}/img{i:06d}.png", mnist_png(x[i % 1000]))
+    out = tmp_path / "out.csv"
+    command = [sys.executable, "-m", "scorer", str(archive), "--model", str(mnist_bundle),
+               "--out", str(out), "--workers", "2"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (workers := worker_processes(process)):
+        assert process.poll() is None and time.monotonic() < deadline, "no workers started"
+        time.sleep(0.01)
+    time.sleep(0.5)  # well into the run, with windows in flight
+    assert process.poll() is None, "the run ended before a worker could be killed"
+    workers[0].kill()  # SIGKILL, as the OOM killer sends
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr
+    _, rows = read_csv(out)
+    assert [r["source"] for r in rows] == \
+        sorted(f"{archive}!/{y[i % 1000]}/img{i:06d}.png" for i in range(n))  # member order
+    assert all(r["status"] == "ok" for r in rows)
+    assert accuracy(rows) >= 0.9
+
+
+def test_an_input_that_kills_its_worker_twice_becomes_an_error_row(tmp_path, mnist_bundle,
+                                                                   mnist_test_images):
+    """An out-of-memory killer stand-in kills any worker whose memory grows by 80 MB: only the
+    large image does that. It kills its chunk's worker, then its worker again when run alone,
+    and becomes an error row; every other row is scored, in order."""
+    from PIL import Image, ImageDraw
+
+    psutil = pytest.importorskip("psutil")
+    x, _ = mnist_test_images
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    for i in range(200):
+        (folder / f"a{i:03d}.png").write_bytes(mnist_png(x[i]))
+    ring = Image.new("RGBA", (3400, 3400), (255, 255, 255, 0))
+    ImageDraw.Draw(ring).ellipse((1000, 1000, 2400, 2400), outline=(0, 0, 0, 255), width=120)
+    ring.save(folder / "a100-large.png")
+    out = tmp_path / "out.csv"
+    command = [sys.executable, "-m", "scorer", str(folder), "--model", str(mnist_bundle),
+               "--out", str(out), "--workers", "2", "--batch-size", "8"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    first_seen: dict[int, int] = {}
+    kills = 0
+    while process.poll() is None:
+        for worker in worker_processes(process):
+            with contextlib.suppress(psutil.Error):
+                rss = worker.memory_info().rss
+                if rss > first_seen.setdefault(worker.pid, rss) + 80 * 2**20:
+                    worker.kill()
+                    kills += 1
+        time.sleep(0.005)
+    stderr = process.stderr.read()
+    assert process.returncode == 3, stderr[-2000:]
+    assert "Traceback" not in stderr
+    _, rows = read_csv(out)
+    names = sorted(p.name for p in folder.iterdir())
+    assert [Path(r["source"]).name for r in rows] == names
+    by_name = {Path(r["source"]).name: r for r in rows}
+    assert by_name["a100-large.png"]["status"] == "error"
+    assert by_name["a100-large.png"]["error"].startswith("worker died while decoding")
+    assert all(r["status"] == "ok" for name, r in by_name.items() if name != "a100-large.png")
+    assert kills == 2
+
+
+# --- only our decoders run ---------------------------------------------------------------------
+
+
+def test_a_postscript_file_named_png_never_runs_ghostscript(tmp_path, mnist_bundle,
+                                                            mnist_test_images):
+    """Pillow hands EPS files to Ghostscript when `gs` is on PATH: a hostile upload must never
+    reach it. A fake `gs` records any call."""
+    from PIL import Image
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    record = tmp_path / "gs-was-run"
+    gs = fake_bin / "gs"
+    gs.write_text(f"#!/bin/sh\necho \"$@\" >> {record}\nexit 1\n")
+    gs.chmod(0o755)
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    Image.fromarray(mnist_test_images[0][0]).save(folder / "digit.png", format="EPS")
+    assert (folder / "digit.png").read_bytes().startswith(b"%!PS")
+    (folder / "good.png").write_bytes(mnist_png(mnist_test_images[0][1]))
+    environment = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-m", "scorer", str(folder), "--model",
+                           str(mnist_bundle)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=environment)
+    assert done.returncode == 3, done.stderr
+    _, rows = read_csv(done.stdout)
+    by_name = {Path(r["source"]).name: r for r in rows}
+    assert by_name["digit.png"]["status"] == "error"
+    assert "unsupported image format" in by_name["digit.png"]["error"]
+    assert by_name["good.png"]["status"] == "ok"
+    assert not record.exists(), record.read_text()
+
+
+# --- spreadsheet formulas ----------------------------------------------------------------------
+
+
+def test_formula_like_cells_are_defused_unless_raw_csv(tmp_path, mnist_bundle,
+                                                       mnist_test_images):
+    """A source starting with = + - @ would run as a formula in a spreadsheet: by default such
+    cells get a leading single quote (OWASP); --raw-csv keeps them exact for programs."""
+    names = ["=HYPERLINK(1).png", "+1.png", "-2.png", "@SUM(1).png", "plain.png"]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(mnist_png(mnist_test_images[0][i]))
+    base = [sys.executable, "-m", "scorer", "--model", str(mnist_bundle)]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    guarded = subprocess.run([*base, "--", *names], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120, env=environment)
+    raw = subprocess.run([*base, "--raw-csv", "--", *names], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env=environment)
+    assert guarded.returncode == raw.returncode == 0, guarded.stderr + raw.stderr
+    assert [r["source"] for r in read_csv(guarded.stdout)[1]] == \
+        [f"'{name}" for name in names[:4]] + ["plain.png"]
+    assert [r["source"] for r in read_csv(raw.stdout)[1]] == names
+
+
+# --- checked before scoring; written as the user's umask says ----------------------------------
+
+
+@pytest.mark.parametrize("change", ["classes", "geometry"])
+def test_manifest_that_disagrees_with_the_model_is_a_usage_error(tmp_path, labelled_tree,
+                                                                mnist_bundle, change):
+    bundle = Path(shutil.copytree(mnist_bundle, tmp_path / "bundle"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if change == "classes":
+        manifest["classes"] = [*manifest["classes"], "10"]
+    else:
+        manifest["input"]["geometry"]["height"] = manifest["input"]["geometry"]["width"] = 32
+        manifest["input"]["shape"] = [32, 32]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out.csv"
+    done = score_cli(labelled_tree / "1", "--model", bundle, "--out", out)
+    assert_usage_error(done, mentions="manifest")
+    assert not out.exists()
+
+
+def test_report_dir_on_a_file_is_a_usage_error_before_scoring(tmp_path, labelled_tree,
+                                                              mnist_bundle):
+    report = tmp_path / "report"
+    report.write_text("a file")
+    out = tmp_path / "out.csv"
+    done = score_cli(labelled_tree / "1", "--model", mnist_bundle, "--out", out,
+                     "--report-dir", report)
+    assert_usage_error(done, mentions="--report-dir")
+    assert not out.exists()
+
+
+def test_outputs_honour_the_umask(tmp_path, labelled_tree, mnist_bundle):
+    out = tmp_path / "out.csv"
+    report = tmp_path / "report"
+    command = [sys.executable, "-m", "scorer", str(labelled_tree / "1"), "--model",
+               str(mnist_bundle), "--out", str(out), "--report-dir", str(report)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: os.umask(0o077))
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert {p.stat().st_mode & 0o777 for p in report.iterdir()} == {0o600}

@@ -61,6 +61,12 @@ def lambda_root(tmp_path_factory, mnist_bundle) -> Path:
 
 def invoke(lambda_root: Path, *events: dict, env: dict | None = None) -> list[dict]:
     """Run the packaged handler in a fresh interpreter, as the Lambda runtime would."""
+    return run_handler(lambda_root, *events, env=env)[0]
+
+
+def run_handler(lambda_root: Path, *events: dict,
+                env: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """As `invoke`; also returns the handler's structured (JSON) log lines."""
     import os
 
     environment = {**os.environ, "POWERTOOLS_METRICS_NAMESPACE": "Test", **(env or {})}
@@ -70,7 +76,8 @@ def invoke(lambda_root: Path, *events: dict, env: dict | None = None) -> list[di
                           timeout=300, env=environment, cwd=lambda_root)
     assert done.returncode == 0, done.stderr[-4000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULTS="))
-    return json.loads(line[len("RESULTS="):])
+    logs = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    return json.loads(line[len("RESULTS="):]), logs
 
 
 def png(digit) -> bytes:
@@ -187,16 +194,46 @@ def test_objects_in_the_output_prefix_never_trigger_scoring(stack, lambda_root,
     assert set(outputs(stack)) == {"predictions/looks-like-input.png"}
 
 
-def test_s3_errors_are_returned_for_retry(stack, lambda_root, mnist_test_images):
+def test_deleted_and_archived_objects_are_acknowledged_not_retried(stack, lambda_root,
+                                                                  mnist_test_images):
+    """Retrying cannot bring back a deleted object or thaw an archived one: the message is
+    logged and acknowledged instead of failing again and again into the dead-letter queue."""
     s3, bucket = stack["s3"], stack["bucket"]
     s3.put_object(Bucket=bucket, Key="incoming/good.png", Body=png(mnist_test_images[0][0]))
     s3.put_object(Bucket=bucket, Key="incoming/gone.png", Body=png(mnist_test_images[0][1]))
+    s3.put_object(Bucket=bucket, Key="incoming/frozen.png", Body=png(mnist_test_images[0][2]),
+                  StorageClass="GLACIER")
+    s3.put_object(Bucket=bucket, Key="incoming/frozen.zip", StorageClass="DEEP_ARCHIVE",
+                  Body=zip_of({"a.png": png(mnist_test_images[0][3])}))
     event = sqs_event(stack)
     s3.delete_object(Bucket=bucket, Key="incoming/gone.png")  # deleted before we got to it
-    gone = next(r["messageId"] for r in event["Records"] if "gone.png" in r["body"])
-    [response] = invoke(lambda_root, event)
-    assert response == {"batchItemFailures": [{"itemIdentifier": gone}]}
+    results, logs = run_handler(lambda_root, event)
+    assert results == [{"batchItemFailures": []}]
     assert set(outputs(stack)) == {"predictions/good.png.csv"}
+    skipped = {line["key"]: line["reason"] for line in logs
+               if line.get("message") == "object not scored, not retried"}
+    assert set(skipped) == {"incoming/gone.png", "incoming/frozen.png", "incoming/frozen.zip"}
+    assert "deleted" in skipped["incoming/gone.png"]
+    assert "archived" in skipped["incoming/frozen.png"]
+
+
+def test_an_archived_object_in_a_prefix_job_is_an_error_row(stack, lambda_root,
+                                                            mnist_test_images):
+    x, y = mnist_test_images
+    s3, bucket = stack["s3"], stack["bucket"]
+    for i in range(3):
+        s3.put_object(Bucket=bucket, Key=f"incoming/exam/{y[i]}/{i}.png", Body=png(x[i]))
+    s3.put_object(Bucket=bucket, Key="incoming/exam/old.png", Body=png(x[3]),
+                  StorageClass="GLACIER")
+    s3.put_object(Bucket=bucket, Key="incoming/exam/old.zip", StorageClass="GLACIER",
+                  Body=zip_of({"a.png": png(x[4])}))
+    [result] = invoke(lambda_root, {"source": f"s3://{bucket}/incoming/exam/"})
+    assert result["scored"] == 3 and result["failed"] == 2
+    found = rows(outputs(stack)["predictions/exam/predictions.csv"])
+    errors = {r["source"]: r["error"] for r in found if r["status"] == "error"}
+    assert set(errors) == {f"s3://{bucket}/incoming/exam/old.png",
+                           f"s3://{bucket}/incoming/exam/old.zip"}
+    assert all("archived" in reason for reason in errors.values())
 
 
 @pytest.mark.parametrize("version", ["1.0", "2.0"])
@@ -282,3 +319,16 @@ def test_bad_min_confidence_is_refused_at_start(value, monkeypatch):
     monkeypatch.setenv("MIN_CONFIDENCE", value)
     with pytest.raises(ValueError, match="MIN_CONFIDENCE"):
         Config.from_env()
+
+
+def test_eventbridge_object_deleted_is_not_scored(stack, lambda_root, mnist_test_images):
+    s3, bucket = stack["s3"], stack["bucket"]
+    s3.put_object(Bucket=bucket, Key="incoming/still-here.png", Body=png(mnist_test_images[0][0]))
+    deleted = {"version": "0", "id": "e2", "detail-type": "Object Deleted", "source": "aws.s3",
+               "account": "123456789012", "time": "2026-11-24T00:00:00Z", "region": "us-east-1",
+               "resources": [f"arn:aws:s3:::{bucket}"],
+               "detail": {"version": "0", "bucket": {"name": bucket},
+                          "object": {"key": "incoming/still-here.png"},
+                          "reason": "DeleteObject", "deletion-type": "Permanently Deleted"}}
+    assert invoke(lambda_root, deleted) == [{"outputs": []}]
+    assert outputs(stack) == {}

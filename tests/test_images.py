@@ -582,3 +582,32 @@ def test_plain_png_fast_path_declines_anything_unusual(mnist_images):
             singles.append((None, str(err)))
     for (a, ra), (b, rb) in zip(images.normalize_many(blobs), singles, strict=True):
         assert ra == rb and (a is None and b is None or np.array_equal(a, b))
+
+
+def test_decoded_size_is_bounded_from_the_header():
+    """A small PNG declaring 6000x6000 RGBA (144 MB of pixels) is refused before decoding; one
+    just under the limit is decoded, reduced early, and its size estimated from the header."""
+    big = encode(Image.new("RGBA", (6000, 4000), (255, 255, 255, 0)), "PNG")
+    assert len(big) < 200_000
+    assert decoding.estimated_decoded_bytes(big) == 0  # refused: decoding it costs nothing
+    with pytest.raises(ImageError, match="too large.*MB to decode"):
+        decode(big)
+    near = Image.new("RGBA", (3400, 3400), (255, 255, 255, 0))
+    near.paste((0, 0, 0, 255), (1500, 1000, 1900, 2400))
+    data = encode(near, "PNG")
+    assert decoding.estimated_decoded_bytes(data) == 3400 * 3400 * 4 <= decoding.MAX_DECODED_BYTES
+    im = decoding.open_image(data, 512)
+    assert max(im.size) <= 4 * 512  # reduced right after decoding
+    assert normalize(data).max() > 0
+
+
+def test_a_corrupt_exif_chunk_is_ignored(mnist_images):
+    """A valid PNG whose eXIf chunk is garbage is scored as if it had none."""
+    data = mnist_png(mnist_images[0][0])
+    garbage = b"\xff" * 40  # not even a TIFF header
+    chunk = (struct.pack(">I", len(garbage)) + b"eXIf" + garbage
+             + struct.pack(">I", zlib.crc32(b"eXIf" + garbage) & 0xFFFFFFFF))
+    end = data.index(b"IDAT") - 4  # before the first IDAT chunk
+    broken = data[:end] + chunk + data[end:]
+    np.testing.assert_array_equal(normalize(broken), normalize(data))
+    assert images.normalize_many([broken])[0][0] is not None

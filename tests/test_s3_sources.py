@@ -241,14 +241,24 @@ def _delete_during_listing(monkeypatch, s3, bucket, doomed):
     monkeypatch.setattr(scorer_s3, "_list_objects", listing)
 
 
-def test_get_failure_raises_when_failing_fast(s3, bucket, monkeypatch):
-    from botocore.exceptions import ClientError
-
+def test_object_deleted_after_listing_is_an_error_row_even_when_failing_fast(s3, bucket,
+                                                                           monkeypatch):
+    """Retrying a prefix job cannot bring a deleted object back: one row, not an aborted job."""
     for i in range(5):
         s3.put_object(Bucket=bucket, Key=f"r/{i}.png", Body=b"r")
     _delete_during_listing(monkeypatch, s3, bucket, "r/2.png")
+    rows = run(f"s3://{bucket}/r/", fail_fast=True)
+    assert [r.data for r in rows] == [b"r", b"r", None, b"r", b"r"]
+    assert rows[2].error == "object no longer exists (deleted before it was read)"
+
+
+def test_a_single_missing_object_raises_when_failing_fast(s3, bucket):
+    from botocore.exceptions import ClientError
+
+    from scorer.sources import iter_s3_object
+
     with pytest.raises(ClientError, match="NoSuchKey"):
-        run(f"s3://{bucket}/r/", fail_fast=True)
+        list(iter_s3_object(bucket, "nope.png", SourceStats(), fail_fast=True))
 
 
 def test_get_failure_is_an_error_row_when_not_failing_fast(s3, bucket, monkeypatch):
@@ -259,8 +269,7 @@ def test_get_failure_is_an_error_row_when_not_failing_fast(s3, bucket, monkeypat
     assert [r.name for r in rows] == [f"s3://{bucket}/r/4/{i}.png" for i in range(5)]
     assert [r.data for r in rows] == [b"r", b"r", None, b"r", b"r"]
     assert rows[2].label == 4
-    assert rows[2].error.startswith("S3 GET failed:") and "NoSuchKey" in rows[2].error
-    assert "\n" not in rows[2].error
+    assert rows[2].error == "object no longer exists (deleted before it was read)"
 
 
 def test_stopping_early_does_not_fetch_the_rest(s3, bucket, monkeypatch, count_calls):

@@ -20,6 +20,7 @@ LAYERS = [
     {"scorer", "scorer.files", "scorer.s3client"},  # leaves everyone shares
     {"scorer.images"},
     {"scorer.sources", "scorer.report", "scorer.bundle"},
+    {"scorer.workers"},
     {"scorer.pipeline"},
     {"scorer.outputs"},
     {"scorer.job"},

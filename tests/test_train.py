@@ -279,3 +279,61 @@ def test_cli_bad_data_file_exits_2_with_a_clear_message(tmp_path):
 def test_cli_version():
     done = run_train("--version")
     assert done.returncode == 0 and "digits-train" in done.stdout
+
+
+# --- --out never destroys what digits-train did not write ------------------------------------
+
+
+def train_cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "trainer.cli", "--dataset", "digits", "--epochs", "2",
+               "--hidden", "16", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+
+def assert_refused(done: subprocess.CompletedProcess, mentions: str) -> None:
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and mentions in errors[0], done.stderr
+
+
+def test_out_on_a_folder_of_other_files_is_refused_unless_forced(tmp_path):
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    assert_refused(train_cli("--out", str(out)), "--force")
+    assert (out / "thesis.tex").read_text() == "years of work"
+    done = train_cli("--out", str(out), "--force")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (out / "thesis.tex").exists() and (out / "manifest.json").is_file()
+    load_bundle(out)
+
+
+def test_out_on_a_bundle_it_wrote_is_replaced(tmp_path):
+    out = tmp_path / "bundle"
+    assert train_cli("--out", str(out)).returncode == 0
+    before = (out / "manifest.json").read_text()
+    done = train_cli("--out", str(out), "--seed", "7")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "manifest.json").read_text() != before
+    (out / "notes.txt").write_text("mine")  # no longer exactly what the manifest lists
+    assert_refused(train_cli("--out", str(out)), "--force")
+    assert (out / "notes.txt").exists()
+
+
+def test_out_never_replaces_the_working_directory_or_a_file(tmp_path):
+    work = tmp_path / "project" / "src"
+    work.mkdir(parents=True)
+    (work / "code.py").write_text("print(1)")
+    for out in (".", "..", str(tmp_path / "project")):
+        assert_refused(train_cli("--out", out, "--force", cwd=work), "working directory")
+    assert (work / "code.py").read_text() == "print(1)"
+    target = tmp_path / "file.txt"
+    target.write_text("keep")
+    assert_refused(train_cli("--out", str(target), "--force"), "not a folder")
+    assert target.read_text() == "keep"
+    link = tmp_path / "link"
+    link.symlink_to(work)
+    assert_refused(train_cli("--out", str(link), "--force"), "symlink")
+    assert (work / "code.py").exists()

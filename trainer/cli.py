@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -29,7 +30,10 @@ def parse_hidden(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--data", "data_path", type=click.Path(exists=True), default=None,
               help="MNIST from this Keras mnist.npz or folder of the four IDX files (.gz or not) "
                    "instead of the cache, Keras's download or the package registry.")
-@click.option("--out", default="artifacts", help="Folder for the model bundle (replaced whole).")
+@click.option("--out", default="artifacts", help="Folder for the model bundle (replaced whole). "
+              "A folder holding anything but an earlier bundle is refused unless --force.")
+@click.option("--force", "--overwrite", "overwrite", is_flag=True,
+              help="Replace --out even if it holds other files (they are deleted).")
 @click.option("--arch", type=click.Choice(["mlp", "cnn"]), default="mlp",
               help="A Dense MLP, or a small CNN (TFLite Micro ops only). Each has its own "
                    "recipe: the options below default to the chosen architecture's.")
@@ -61,13 +65,20 @@ def main(**options) -> None:
 
     Exit codes: 0 done, 2 usage or data errors (for example no MNIST source could serve)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
+    from scorer.bundle import BundleError, check_target
     from trainer.data import DataError
+
+    try:  # before minutes of training: the bundle replaces --out whole
+        check_target(Path(options["out"]), options["overwrite"])
+    except BundleError as err:
+        click.echo(f"Error: --out: {err}", err=True)
+        sys.exit(2)
 
     try:
         from trainer.train import Settings, train_and_export
 
         train_and_export(Settings(**options))
-    except DataError as err:
+    except (DataError, BundleError) as err:  # BundleError: --out changed while training
         click.echo(f"Error: {err}", err=True)
         sys.exit(2)
 

@@ -50,6 +50,7 @@ class Settings:
     seed: int = 42
     augment: bool = True
     limit: int | None = None
+    overwrite: bool = False  # replace --out even if it is not a bundle (see check_target)
 
     def with_arch_defaults(self) -> Settings:
         """Every option left as None taken from the architecture's recipe."""
@@ -204,7 +205,8 @@ def export_bundle(settings: Settings, dataset: data.Dataset, model: keras.Model,
         "training_history.json": (json.dumps(history, indent=2) + "\n").encode(),
         **report_files(dataset, evaluation, history, metrics),
     }
-    write_bundle(Path(settings.out), files, manifest(settings, dataset, metrics))
+    write_bundle(Path(settings.out), files, manifest(settings, dataset, metrics),
+                 overwrite=settings.overwrite)
     print(f"bundle written to {settings.out}/ ({len(files) + 1} files)")
 
 

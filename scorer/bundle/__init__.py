@@ -8,7 +8,7 @@ whose SHA-256 does not match is refused), ``writer`` (write one, all or nothing)
 from scorer.bundle.classifier import Classifier, load_interpreter_class
 from scorer.bundle.loading import Bundle, load_bundle, read_manifest
 from scorer.bundle.manifest import MODEL_FILES, SCHEMA_VERSION, BundleError, FileEntry, Manifest
-from scorer.bundle.writer import write_bundle
+from scorer.bundle.writer import check_target, write_bundle
 
 __all__ = [
     "MODEL_FILES",
@@ -18,6 +18,7 @@ __all__ = [
     "Classifier",
     "FileEntry",
     "Manifest",
+    "check_target",
     "load_bundle",
     "load_interpreter_class",
     "read_manifest",

@@ -58,7 +58,25 @@ def load_bundle(path: str | Path, variant: str = "int8") -> Bundle:
             raise BundleError(f"{folder}: manifest names a file outside the bundle: {name}")
         if file.is_file() and sha256_file(file) != entry.sha256:
             raise BundleError(f"{file}: SHA-256 does not match the manifest; refusing to load it")
-    return Bundle(folder, manifest, model_file)
+    bundle = Bundle(folder, manifest, model_file)
+    check_model_matches_manifest(bundle)
+    return bundle
+
+
+def check_model_matches_manifest(bundle: Bundle) -> None:
+    """The model's input and output shapes must be what the manifest says (geometry and
+    classes); otherwise scoring would fail on the first batch, or label predictions wrongly."""
+    classifier = bundle.classifier()
+    inputs = tuple(int(n) for n in classifier.input["shape"][1:])
+    outputs = int(classifier.output["shape"][-1])
+    geometry = (bundle.geometry.height, bundle.geometry.width)
+    where = f"{bundle.path / 'manifest.json'}"
+    if inputs != geometry:
+        raise BundleError(f"{where}: the manifest's input geometry {geometry[0]}x{geometry[1]} "
+                          f"does not match the model's input {'x'.join(map(str, inputs))}")
+    if outputs != len(bundle.labels):
+        raise BundleError(f"{where}: the manifest lists {len(bundle.labels)} classes but the "
+                          f"model has {outputs} outputs")
 
 
 def read_manifest(folder: Path) -> Manifest:

@@ -9,7 +9,13 @@ Pure functions over numpy + Pillow (no TensorFlow/SciPy: this runs in the light 
 """
 
 from scorer.images.batch import normalize_many
-from scorer.images.decoding import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, decode
+from scorer.images.decoding import (
+    IMAGE_EXTENSIONS,
+    MAX_DECODED_BYTES,
+    MAX_IMAGE_PIXELS,
+    decode,
+    estimated_decoded_bytes,
+)
 from scorer.images.errors import BLANK_REASON, BlankImageError, ImageError
 from scorer.images.geometry import DIGITS_8X8_GEOMETRY, MNIST_GEOMETRY, Geometry
 from scorer.images.normalization import normalize
@@ -18,12 +24,14 @@ __all__ = [
     "BLANK_REASON",
     "DIGITS_8X8_GEOMETRY",
     "IMAGE_EXTENSIONS",
+    "MAX_DECODED_BYTES",
     "MAX_IMAGE_PIXELS",
     "MNIST_GEOMETRY",
     "BlankImageError",
     "Geometry",
     "ImageError",
     "decode",
+    "estimated_decoded_bytes",
     "normalize",
     "normalize_many",
 ]

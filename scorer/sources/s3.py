@@ -14,7 +14,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from scorer.images import IMAGE_EXTENSIONS
-from scorer.s3client import client, error_code, parse_s3_url, s3_errors, s3_url
+from scorer.s3client import (
+    client,
+    error_code,
+    gone_or_archived_reason,
+    is_gone_or_archived,
+    parse_s3_url,
+    s3_errors,
+    s3_url,
+)
 from scorer.sources.base import (
     ZIP_EXTENSION,
     Input,
@@ -143,13 +151,13 @@ def iter_listed(bucket: str, prefix: str, objects: Iterable[dict[str, Any] | Inp
                 while window:
                     yield _result(window.popleft()[1])
                 window_bytes = 0
-                yield from _iter_zip_object(bucket, key, stats, fail_fast)
+                yield from _iter_zip_object(bucket, key, stats, fail_fast, in_listing=True)
             elif ext not in IMAGE_EXTENSIONS:
                 stats.skip(s3_url(bucket, key))
             elif too_large(size):
                 window.append((0, _too_large_row(bucket, key, size)))
             else:
-                window.append((size, pool.submit(_get_image, bucket, key, fail_fast)))
+                window.append((size, pool.submit(_get_image, bucket, key, fail_fast, True)))
                 window_bytes += size
             while window and (len(window) >= MAX_IN_FLIGHT or window_bytes > MAX_IN_FLIGHT_BYTES):
                 size_done, item = window.popleft()
@@ -171,7 +179,18 @@ def _too_large_row(bucket: str, key: str, size: int) -> Input:
     return error_input(name, too_large_reason(size), label_from_parent(key))
 
 
-def _get_image(bucket: str, key: str, fail_fast: bool) -> Input:
+def _failed_get(exc: BaseException, fail_fast: bool, in_listing: bool) -> str:
+    """The error row's reason for a failed GET, or raise. Inside a listing (a prefix job), an
+    object deleted or archived since it was listed is one bad row, not a reason to abort the
+    job (and retrying cannot fix it); elsewhere `fail_fast` raises, so the caller decides."""
+    if in_listing and is_gone_or_archived(exc):
+        return gone_or_archived_reason(exc)
+    if fail_fast:
+        raise exc
+    return f"S3 GET failed: {exc}"
+
+
+def _get_image(bucket: str, key: str, fail_fast: bool, in_listing: bool = False) -> Input:
     """GET one image object (runs in worker threads); S3 errors raise or become an error row."""
     name = s3_url(bucket, key)
     label = label_from_parent(key)
@@ -186,15 +205,14 @@ def _get_image(bucket: str, key: str, fail_fast: bool) -> Input:
         finally:
             body.close()
     except s3_errors() as exc:
-        if fail_fast:
-            raise
-        return error_input(name, f"S3 GET failed: {exc}", label)
+        return error_input(name, _failed_get(exc, fail_fast, in_listing), label)
     if too_large(len(data)):
         return _too_large_row(bucket, key, len(data))
     return Input(name=name, data=data, error=None, label=label)
 
 
-def _iter_zip_object(bucket: str, key: str, stats: SourceStats, fail_fast: bool) -> Iterator[Input]:
+def _iter_zip_object(bucket: str, key: str, stats: SourceStats, fail_fast: bool,
+                     in_listing: bool = False) -> Iterator[Input]:
     """Download a zip object to a spooled temp file (memory, then /tmp) and expand it."""
     name = s3_url(bucket, key)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
@@ -205,9 +223,7 @@ def _iter_zip_object(bucket: str, key: str, stats: SourceStats, fail_fast: bool)
             finally:
                 body.close()
         except s3_errors() as exc:
-            if fail_fast:
-                raise
-            yield error_input(name, f"S3 GET failed: {exc}")
+            yield error_input(name, _failed_get(exc, fail_fast, in_listing))
             return
         spool.seek(0)
         yield from iter_zip(spool, name, stats)  # type: ignore[arg-type]
