@@ -248,8 +248,8 @@ def test_part_ids_depend_on_the_keys_only_and_overlapping_parts_are_refused():
         batch_jobs.in_key_order([part("1", "k1", "k3"), part("2", "k2", "k4")])
 
 
-def test_an_object_deleted_after_listing_is_an_error_row_not_a_failed_batch(  # noqa: F811
-        moto_endpoint, handler, mnist, mnist_bundle):
+def test_an_object_deleted_after_listing_is_an_error_row_not_a_failed_batch(
+        moto_endpoint, handler, mnist, mnist_bundle):  # noqa: F811
     """A deleted object is permanent (no retry can bring it back): its batch completes with an
     error row for it, so the job is not held up by retries; running the batch again changes
     nothing."""

@@ -352,7 +352,7 @@ def test_every_kind_of_bad_file_in_one_folder(tmp_path, mnist_bundle, mnist_test
         "blank_white.png": mnist_png(np.full((28, 28), 255, np.uint8)),
         "bomb.png": crafted_png(40_000, 40_000),  # 1.6 gigapixels declared
         "bomb_truncated.png": crafted_png(40_000, 40_000, rows=100),
-        "big_blank.png": crafted_png(6_000, 6_000),  # 36 MP: over the 24 MP limit, refused from the header
+        "big_blank.png": crafted_png(6_000, 6_000),  # 36 MP: over the limit, refused unread
     }
     for name, data in bad.items():
         (root / name).write_bytes(data)
