@@ -36,6 +36,10 @@ def check_out(out: str) -> None:
     path = Path(out)
     if path.is_dir():
         raise click.BadParameter(f"{out} is a folder; give a file name", param_hint="--out")
+    if path.exists() and not path.is_file() and not PredictionsCsv.is_stream(out):
+        # block devices and sockets: never written over (devices and FIFOs are written into)
+        raise click.BadParameter(f"{out} is not a regular file, character device or FIFO",
+                                 param_hint="--out")
     if not path.resolve().parent.is_dir():
         raise click.BadParameter(f"folder {path.parent} does not exist", param_hint="--out")
     try:

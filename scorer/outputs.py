@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -77,6 +78,10 @@ class PredictionsCsv:
         self.writer.writerow(csv_header(labels, True, with_probabilities))
 
     @staticmethod
+    def is_stream(target: str) -> bool:
+        return is_stream_target(target)
+
+    @staticmethod
     def check_target(target: str) -> None:
         """Raise OSError now if a local target's folder cannot take the temporary file."""
         folder = local_dir_of(target)
@@ -100,9 +105,22 @@ class PredictionsCsv:
         Path(self.file.name).unlink(missing_ok=True)
 
 
-def local_dir_of(target: str) -> str | None:
-    """A temporary file beside a local target, so the final rename stays on one filesystem."""
+def is_stream_target(target: str) -> bool:
+    """An existing character device (/dev/null, a terminal) or FIFO: written straight into, as
+    a shell redirection would. Renaming a file onto it would replace the device itself."""
     if target == "-" or is_s3(target):
+        return False
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def local_dir_of(target: str) -> str | None:
+    """A temporary file beside a local target, so the final rename stays on one filesystem
+    (None: the system's temporary folder, for stdout, S3, devices and FIFOs)."""
+    if target == "-" or is_s3(target) or is_stream_target(target):
         return None
     return str(Path(target).resolve().parent)
 
@@ -183,6 +201,9 @@ def publish_file(path: str, target: str) -> None:
             with open(path, "rb") as finished:
                 shutil.copyfileobj(finished, sys.stdout.buffer)
             sys.stdout.flush()
+        elif is_stream_target(target):
+            with open(path, "rb") as finished, open(target, "wb") as device:
+                shutil.copyfileobj(finished, device)
         elif is_s3(target):
             bucket, key = parse_s3_url(target)
             client().upload_file(path, bucket, key, ExtraArgs={"ContentType": "text/csv"})

@@ -825,3 +825,45 @@ def test_outputs_honour_the_umask(tmp_path, labelled_tree, mnist_bundle):
     assert done.returncode == 0, done.stderr
     assert out.stat().st_mode & 0o777 == 0o600
     assert {p.stat().st_mode & 0o777 for p in report.iterdir()} == {0o600}
+
+
+# --- --out on a device or FIFO -----------------------------------------------------------------
+
+
+@pytest.fixture
+def null_device(tmp_path) -> Path:
+    """A character device like /dev/null (same major/minor), made in tmp_path: a broken build
+    must never get the chance to replace the machine's own /dev/null."""
+    import stat
+
+    node = tmp_path / "null"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except (PermissionError, AttributeError):
+        pytest.skip("cannot create device nodes here (not root)")
+    return node
+
+
+def test_out_on_a_character_device_writes_to_it(null_device, labelled_tree, mnist_bundle):
+    import stat
+
+    done = score_cli(labelled_tree / "1", "--model", mnist_bundle, "--out", null_device)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISCHR(null_device.stat().st_mode)  # still the device, not a regular file
+    assert sorted(p.name for p in null_device.parent.iterdir()) == ["null"]  # no temp files
+
+
+def test_out_on_a_fifo_streams_into_it(tmp_path, labelled_tree, mnist_bundle):
+    import threading
+
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    done = score_cli(labelled_tree / "1", "--model", mnist_bundle, "--out", fifo)
+    reader.join(timeout=60)
+    assert done.returncode == 0, done.stderr
+    _, rows = read_csv(received[0])
+    assert len(rows) == len(list((labelled_tree / "1").iterdir()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.fifo"]
