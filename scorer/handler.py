@@ -71,7 +71,17 @@ def handler(event: dict, context) -> dict:
 
 
 def sqs_record(record: SQSRecord) -> None:
-    """One SQS message: an S3 notification (or S3's test message) in the body."""
+    """One SQS message: an S3 notification (or S3's test message) in the body. A failure is
+    logged with the message id, then raised for the batch processor to return to the queue."""
+    try:
+        score_message(record)
+    except Exception:
+        logger.exception("message failed; SQS will deliver it again",
+                         extra={"message_id": record.message_id})
+        raise
+
+
+def score_message(record: SQSRecord) -> None:
     body = json.loads(record.body)
     if body.get("Event") == "s3:TestEvent":
         logger.info("acknowledged s3:TestEvent")
@@ -133,9 +143,17 @@ def batch_operation(event: S3BatchOperationEvent) -> dict:
     task = event.task
     response = S3BatchOperationResponse(event.invocation_schema_version, event.invocation_id,
                                         "PermanentFailure")
+    bundle_config = bundle_and_config()
+    reason = s3_jobs.ignore_reason(task.s3_key, bundle_config[1])
+    if reason:  # a failed task shows up in the job's completion report; "ignored" would not
+        logger.warning("batch operation task refused", extra={"key": task.s3_key,
+                                                               "reason": reason})
+        response.add_result(task.build_task_batch_response(
+            "PermanentFailure", f"not scored: the key is {reason}"))
+        return response.asdict()
     try:
         out = score(task.s3_bucket, task.s3_key)
-        result = task.build_task_batch_response("Succeeded", out or "ignored")
+        result = task.build_task_batch_response("Succeeded", out)
     except Exception as err:  # noqa: BLE001 (every failure must become a task result)
         code = "TemporaryFailure" if is_retryable(err) else "PermanentFailure"
         logger.exception("batch operation task failed", extra={"key": task.s3_key})

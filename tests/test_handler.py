@@ -257,6 +257,13 @@ def test_batch_operations_tasks(stack, lambda_root, mnist_test_images, version):
     assert missing["invocationId"] == "inv-t2"
     assert missing["results"][0]["resultCode"] == "PermanentFailure"
     assert "NoSuchKey" in missing["results"][0]["resultString"]
+    outside, inside_output = invoke(lambda_root, task("elsewhere/a.png", "t3"),
+                                    task("predictions/a.png", "t4"))
+    for answer, why in ((outside, "outside the input prefix"),
+                        (inside_output, "inside the output prefix")):
+        [result] = answer["results"]
+        assert result["resultCode"] == "PermanentFailure"  # in the completion report
+        assert result["resultString"] == f"not scored: the key is {why}"
 
 
 def test_prefix_job_and_eventbridge_event(stack, lambda_root, mnist_test_images):
@@ -332,3 +339,15 @@ def test_eventbridge_object_deleted_is_not_scored(stack, lambda_root, mnist_test
                           "reason": "DeleteObject", "deletion-type": "Permanently Deleted"}}
     assert invoke(lambda_root, deleted) == [{"outputs": []}]
     assert outputs(stack) == {}
+
+
+def test_a_failed_message_is_logged_with_its_id_and_returned_to_the_queue(stack, lambda_root):
+    event = {"Records": [{"messageId": "m-broken", "receiptHandle": "r", "body": "{not json",
+                          "attributes": {}, "messageAttributes": {}, "md5OfBody": "",
+                          "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:x:1:q",
+                          "awsRegion": "us-east-1"}]}
+    [response], logs = run_handler(lambda_root, event)
+    assert response == {"batchItemFailures": [{"itemIdentifier": "m-broken"}]}
+    failed = [entry for entry in logs if "message failed" in str(entry.get("message", ""))]
+    assert len(failed) == 1 and failed[0]["message_id"] == "m-broken"
+    assert failed[0]["level"] == "ERROR" and "JSONDecodeError" in str(failed[0]["exception"])
