@@ -408,6 +408,9 @@ def test_function_runtime_handler_and_environment(template):
     assert fn["CodeUri"] == "../build/lambda.zip"
     assert (TEMPLATE.parent / fn["CodeUri"]).resolve() == ROOT / "build" / "lambda.zip"
     assert r(fn["MemorySize"]) == "1769" and r(fn["ReservedConcurrentExecutions"]) == "10"
+    # /tmp holds zip objects while they are expanded; the scorer refuses those over 80 % of it
+    assert r(fn["EphemeralStorage"]["Size"]) == "1024"
+    assert r(fn["Environment"]["Variables"])["MIN_CONFIDENCE"] == ""  # review is opt-in
     env = r(fn["Environment"]["Variables"])
     assert "MODEL_DIR" not in env, "the handler defaults to the bundle packaged at model/"
     assert env["INPUT_PREFIX"] == "incoming/" and env["OUTPUT_PREFIX"] == "predictions/"

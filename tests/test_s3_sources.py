@@ -6,6 +6,7 @@ import io
 import itertools
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -132,6 +133,21 @@ def test_unicode_space_and_plus_keys(s3, bucket):
     assert [(r.name, r.data, r.error) for r in single] == [
         (f"s3://{bucket}/{k}", k.encode(), None) for k in keys
     ]
+
+
+def test_zip_objects_over_the_limit_are_an_error_row_not_a_full_disk(s3, bucket, monkeypatch):
+    archive = make_zip({"3/a.png": b"A" * 3000, "4/b.png": b"B"})
+    s3.put_object(Bucket=bucket, Key="big/batch.zip", Body=archive)
+    s3.put_object(Bucket=bucket, Key="big/x.png", Body=b"X")
+    monkeypatch.setenv("MAX_ZIP_BYTES", str(len(archive) - 1))
+    rows = run(f"s3://{bucket}/big/")
+    assert [(r.name, r.data) for r in rows] == [(f"s3://{bucket}/big/batch.zip", None),
+                                                (f"s3://{bucket}/big/x.png", b"X")]
+    assert rows[0].error.startswith("zip archive too large")
+    monkeypatch.setenv("MAX_ZIP_BYTES", str(len(archive)))  # at the limit: expanded
+    assert len(run(f"s3://{bucket}/big/batch.zip")) == 2
+    monkeypatch.delenv("MAX_ZIP_BYTES")  # by default: 80 % of the temporary folder
+    assert scorer_s3.max_zip_bytes() == int(0.8 * shutil.disk_usage(tempfile.gettempdir()).total)
 
 
 def test_zip_objects_expand_in_place_and_spill_to_disk(s3, bucket, monkeypatch):

@@ -6,6 +6,7 @@ window (by count and by listed bytes), and yielded in key order, so memory stays
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections import deque
@@ -42,6 +43,7 @@ PAGE_SIZE = 1000  # ListObjectsV2 page size (the S3 maximum); tests shrink it to
 MAX_WORKERS = 16
 MAX_IN_FLIGHT = 64
 MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024  # by listed size, so 64 big objects cannot pile up
+ZIP_SHARE_OF_TMP = 0.8  # of the temporary folder a zip object may take (room for the rest)
 SPOOL_BYTES = 32 * 1024 * 1024  # zip objects up to this stay in memory, bigger ones go to /tmp
 _CHUNK = 1024 * 1024
 
@@ -211,14 +213,29 @@ def _get_image(bucket: str, key: str, fail_fast: bool, in_listing: bool = False)
     return Input(name=name, data=data, error=None, label=label)
 
 
+def max_zip_bytes() -> int:
+    """Largest zip object downloaded: MAX_ZIP_BYTES from the environment, else 80 % of the
+    temporary folder's size (on Lambda, its EphemeralStorage: 512 MB unless configured), so a
+    large archive is an error row instead of a full disk."""
+    configured = os.environ.get("MAX_ZIP_BYTES")
+    if configured:
+        return int(configured)
+    return int(ZIP_SHARE_OF_TMP * shutil.disk_usage(tempfile.gettempdir()).total)
+
+
 def _iter_zip_object(bucket: str, key: str, stats: SourceStats, fail_fast: bool,
                      in_listing: bool = False) -> Iterator[Input]:
     """Download a zip object to a spooled temp file (memory, then /tmp) and expand it."""
     name = s3_url(bucket, key)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
         try:
-            body = client().get_object(Bucket=bucket, Key=key)["Body"]
+            response = client().get_object(Bucket=bucket, Key=key)
+            body, size = response["Body"], int(response.get("ContentLength", 0))
             try:
+                if size > max_zip_bytes():  # it would fill /tmp (512 MB on Lambda by default)
+                    yield error_input(name, f"zip archive too large ({size / 2**20:.0f} MB > "
+                                            f"{max_zip_bytes() / 2**20:.0f} MB limit)")
+                    return
                 shutil.copyfileobj(body, spool, _CHUNK)
             finally:
                 body.close()
