@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -102,6 +103,7 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     matcher = LabelMatcher(read_labels(labels_csv, bundle.labels) if labels_csv else {})
     stats = SourceStats()
     inputs = matcher.apply(iter_inputs(sources, stats, defer_reads=True))
+    signal.signal(signal.SIGTERM, terminate)
     try:
         tally = score_to_outputs(inputs, bundle, out, report_dir, workers=workers,
                                  batch_size=batch_size, probabilities=probabilities,
@@ -109,6 +111,9 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
                                  formula_guard=not raw_csv)
     except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
         raise click.UsageError(str(err)) from err  # listing starts; a model TFLite cannot load
+    except Terminated:  # the job removed its temporary files and stopped its workers
+        click.echo("terminated (SIGTERM): no output written", err=True)
+        sys.exit(EXIT_TERMINATED)
     click.echo(tally.summary_line(stats.skipped), err=True)
     if tally.total == 0:
         click.echo("warning: the sources hold no images (png jpg jpeg bmp gif tif tiff webp, "
@@ -117,6 +122,17 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
         click.echo(f"warning: {matcher.unmatched} of {len(matcher.labels)} --labels entries "
                    "matched no input (sources are matched by their exact text)", err=True)
     sys.exit(tally.exit_code)
+
+
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: unwind like Ctrl-C, so temporary files go and workers stop."""
+
+
+def terminate(_signum, _frame) -> None:
+    raise Terminated
 
 
 def read_labels(path: str, classes: list[str]) -> dict[str, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import warnings
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -139,6 +140,8 @@ _worker: dict = {}  # per worker process: its geometry, its own TFLite interpret
 
 
 def _init_worker(model_content: bytes, geometry: Geometry, large_decode_gate) -> None:
+    # Forked from the CLI, a worker inherits its SIGTERM handler; the pool's owner decides.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _worker["geometry"] = geometry
     _worker["classifier"] = Classifier(model_content, num_threads=1)
     _worker["gate"] = large_decode_gate

@@ -539,6 +539,35 @@ def test_scoring_never_imports_heavy_libraries(tmp_path, mnist_bundle, mnist_tes
 # --- streaming -------------------------------------------------------------------------------
 
 
+def test_sigterm_stops_workers_and_leaves_no_files(tmp_path, mnist_bundle, mnist_test_images):
+    import psutil
+
+    data = mnist_png(mnist_test_images[0][0])
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(200_000):
+            zf.writestr(f"img{i:06d}.png", data)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    command = [sys.executable, "-m", "scorer", str(archive), "--model", str(mnist_bundle),
+               "--out", str(out_dir / "many.csv"), "--workers", "2"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    while len(parent.children()) < 2 and time.monotonic() < deadline:  # the pool is working
+        time.sleep(0.05)
+    workers = parent.children(recursive=True)
+    assert len(workers) >= 2
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr and "terminated (SIGTERM)" in stderr
+    assert list(out_dir.iterdir()) == []  # no half CSV, no temporary file
+    psutil.wait_procs(workers, timeout=10)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+
 def test_100k_images_stream_in_bounded_memory(tmp_path, mnist_bundle, mnist_test_images):
     """100,000 small PNGs in nested folders of one zip (a zip is built in seconds; as many loose
     files cost this machine's file system a minute to write and remove): every one becomes a
