@@ -442,7 +442,7 @@ def test_function_logs_to_a_log_group_with_retention(template):
 
 def test_dead_letter_alarm_fires_on_any_message(template):
     r = Resolver(template)
-    (alarm,) = resources_of_type(template, "AWS::CloudWatch::Alarm").values()
+    alarm = template["Resources"]["DeadLetterAlarm"]
     p = r(alarm["Properties"])
     assert p["MetricName"] == "ApproximateNumberOfMessagesVisible"
     assert p["Dimensions"] == [{"Name": "QueueName", "Value": "<DeadLetterQueue.QueueName>"}]
@@ -451,6 +451,40 @@ def test_dead_letter_alarm_fires_on_any_message(template):
     with_topic = Resolver(template, AlarmTopicArn="arn:aws:sns:eu-west-1:123456789012:ops")
     assert with_topic(alarm["Properties"])["AlarmActions"] == [
         "arn:aws:sns:eu-west-1:123456789012:ops"]
+
+
+def test_alarms_on_function_errors_throttles_and_queue_age(template):
+    r = Resolver(template)
+    alarms = {name: r(res["Properties"]) for name, res in
+              resources_of_type(template, "AWS::CloudWatch::Alarm").items()}
+    watched = {(p["Namespace"], p["MetricName"]): p for p in alarms.values()}
+    assert set(watched) == {("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+                            ("AWS/Lambda", "Errors"), ("AWS/Lambda", "Throttles"),
+                            ("AWS/SQS", "ApproximateAgeOfOldestMessage")}
+    for metric in ("Errors", "Throttles"):
+        p = watched[("AWS/Lambda", metric)]
+        assert p["Dimensions"] == [{"Name": "FunctionName", "Value": "<ScorerFunction>"}]
+        assert p["Statistic"] == "Sum" and p["Threshold"] == 0
+    age = watched[("AWS/SQS", "ApproximateAgeOfOldestMessage")]
+    assert age["Dimensions"] == [{"Name": "QueueName", "Value": "<Queue.QueueName>"}]
+    assert 0 < age["Threshold"] <= 3600
+    with_topic = Resolver(template, AlarmTopicArn="arn:aws:sns:eu-west-1:123456789012:ops")
+    for res in resources_of_type(template, "AWS::CloudWatch::Alarm").values():
+        assert with_topic(res["Properties"])["AlarmActions"] == [
+            "arn:aws:sns:eu-west-1:123456789012:ops"]
+
+
+def test_both_queues_refuse_requests_without_tls(template):
+    r = Resolver(template)
+    denied = set()
+    for policy in resources_of_type(template, "AWS::SQS::QueuePolicy").values():
+        p = r(policy["Properties"])
+        for statement in p["PolicyDocument"]["Statement"]:
+            if statement["Effect"] == "Deny" and statement["Condition"] == {
+                    "Bool": {"aws:SecureTransport": "false"}}:
+                assert statement["Action"] == "sqs:*" and statement["Principal"] == "*"
+                denied.add(statement["Resource"])
+    assert denied == {"<Queue.Arn>", "<DeadLetterQueue.Arn>"}
 
 
 def test_outputs(template):

@@ -168,6 +168,23 @@ def test_bundle_files_take_what_the_scorer_needs(tmp_path):
         pl.bundle_files(tmp_path)
 
 
+def test_a_tampered_bundle_is_not_packaged(tmp_path, mnist_bundle):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(mnist_bundle, bundle)
+    pl.verify_bundle(bundle)  # as trained: accepted
+    model = bytearray((bundle / "model.tflite").read_bytes())
+    model[len(model) // 2] ^= 0xFF
+    (bundle / "model.tflite").write_bytes(bytes(model))
+    with pytest.raises(pl.BuildError, match="SHA-256"):
+        pl.verify_bundle(bundle)
+    out = tmp_path / "lambda.zip"
+    with pytest.raises(pl.BuildError, match="not packaging the model bundle"):
+        pl.build(out, "3.12", "x86_64", bundle, log=lambda *_: None)  # refused before pip runs
+    assert not out.exists()
+
+
 def test_collect_files_takes_python_sources_only(tmp_path):
     touch(tmp_path / "__init__.py")
     touch(tmp_path / "handler.py")

@@ -242,6 +242,18 @@ def collect_files(src: Path, arcprefix: str = "", suffixes: tuple[str, ...] = ()
     return files
 
 
+def verify_bundle(model_dir: Path) -> None:
+    """Refuse a bundle whose files do not match their manifest's SHA-256 (or whose manifest
+    disagrees with its model), exactly as the scorer would on its first event."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from scorer.bundle import BundleError, load_bundle
+
+    try:
+        load_bundle(model_dir)
+    except BundleError as err:
+        raise BuildError(f"not packaging the model bundle: {err}") from err
+
+
 def bundle_files(model_dir: Path) -> dict[str, Path]:
     """Map arcname -> path for the model bundle files; BuildError if a required one is missing."""
     missing = [n for n in BUNDLE_REQUIRED if not (model_dir / n).is_file()]
@@ -323,6 +335,8 @@ def build(
 ) -> ZipStats:
     if not (scorer_dir / "__init__.py").is_file():
         raise BuildError(f"{scorer_dir} is not a Python package (no __init__.py)")
+    if model_dir is not None:
+        verify_bundle(model_dir)  # before anything is installed: fail fast
     with tempfile.TemporaryDirectory(prefix="lambda-pkg-") as tmp:
         pkg = Path(tmp) / "pkg"
         requirements = runtime_requirements()
