@@ -36,6 +36,7 @@ from scorer.s3client import gone_or_archived_reason, is_gone_or_archived
 logger = Logger(service="digits-scorer")
 metrics = Metrics(namespace="HandwrittenDigits", service="digits-scorer")
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+TIMEOUT_MARGIN_MS = 60_000  # no new message with less time left than this (one zip takes seconds)
 RETRYABLE_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                       "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "503"}
 
@@ -70,9 +71,16 @@ def handler(event: dict, context) -> dict:
     return {"outputs": [score_notified(bucket, key) for bucket, key in notified_objects(event)]}
 
 
-def sqs_record(record: SQSRecord) -> None:
+def sqs_record(record: SQSRecord, lambda_context=None) -> None:
     """One SQS message: an S3 notification (or S3's test message) in the body. A failure is
-    logged with the message id, then raised for the batch processor to return to the queue."""
+    logged with the message id, then raised for the batch processor to return to the queue.
+    Close to the function's timeout no new message is started: it goes back to the queue
+    instead of being cut off half-way with the rest of the batch."""
+    remaining = lambda_context.get_remaining_time_in_millis() if lambda_context else None
+    if remaining is not None and remaining < TIMEOUT_MARGIN_MS:
+        logger.warning("message not started: too close to the timeout",
+                       extra={"message_id": record.message_id, "remaining_ms": remaining})
+        raise TimeoutError(f"{remaining} ms left: returned to the queue")
     try:
         score_message(record)
     except Exception:

@@ -24,7 +24,7 @@ from moto_server import moto_endpoint  # noqa: F401
 SUFFIXES = (".png", ".jpg", ".zip")
 
 DRIVER = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     root = sys.argv[1]
     sys.path.insert(0, root)
     import numpy, PIL, ai_edge_litert, aws_lambda_powertools, scorer.handler
@@ -33,6 +33,8 @@ DRIVER = textwrap.dedent("""
     class Context:  # what the Lambda runtime passes
         function_name = "digits-scorer"; memory_limit_in_mb = 1769; aws_request_id = "req-1"
         invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:digits-scorer"
+        def get_remaining_time_in_millis(self):
+            return int(os.environ.get("TEST_REMAINING_MS", "300000"))
     results = [scorer.handler.handler(event, Context()) for event in json.load(sys.stdin)]
     heavy = {"tensorflow", "keras", "sklearn", "scipy", "matplotlib"} & set(sys.modules)
     assert not heavy, heavy
@@ -351,3 +353,18 @@ def test_a_failed_message_is_logged_with_its_id_and_returned_to_the_queue(stack,
     failed = [entry for entry in logs if "message failed" in str(entry.get("message", ""))]
     assert len(failed) == 1 and failed[0]["message_id"] == "m-broken"
     assert failed[0]["level"] == "ERROR" and "JSONDecodeError" in str(failed[0]["exception"])
+
+
+def test_messages_close_to_the_timeout_go_back_to_the_queue_unstarted(stack, lambda_root):
+    event = {"Records": [
+        {"messageId": f"m{i}", "receiptHandle": "r", "body": "{\"Records\": []}", "attributes": {},
+         "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+         "eventSourceARN": "arn:aws:sqs:x:1:q", "awsRegion": "us-east-1"} for i in range(2)]}
+    [plenty] = invoke(lambda_root, event)
+    assert plenty == {"batchItemFailures": []}  # an empty notification: nothing to do
+    [late], logs = run_handler(lambda_root, event, env={"TEST_REMAINING_MS": "30000"})
+    assert late == {"batchItemFailures": [{"itemIdentifier": "m0"}, {"itemIdentifier": "m1"}]}
+    assert [entry["message_id"] for entry in logs
+            if entry.get("message") == "message not started: too close to the timeout"] == \
+        ["m0", "m1"]
+
