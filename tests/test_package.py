@@ -317,12 +317,19 @@ def tiny_bundle(tmp_path_factory) -> Path | None:
     """A bundle-shaped folder with a one-layer TFLite model (needs TensorFlow, else None)."""
     if importlib.util.find_spec("tensorflow") is None:
         return None
-    folder = tmp_path_factory.mktemp("bundle")
-    done = subprocess.run([sys.executable, "-c", TINY_MODEL, str(folder / "model.tflite")],
+    raw = tmp_path_factory.mktemp("raw") / "model.tflite"
+    folder = tmp_path_factory.mktemp("bundle") / "tiny"
+    done = subprocess.run([sys.executable, "-c", TINY_MODEL, str(raw)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    (folder / "manifest.json").write_text('{"schema_version": 0}')
-    (folder / "model.keras").write_bytes(b"not shipped")
+    from scorer.bundle import Manifest, write_bundle
+    from scorer.images import MNIST_GEOMETRY
+
+    # a real, verifiable bundle: make package refuses one that does not match its manifest
+    model = raw.read_bytes()
+    write_bundle(folder, {"model.tflite": model, "model.keras": b"not shipped"},
+                 Manifest(classes=tuple("0123456789"), geometry=MNIST_GEOMETRY,
+                          input_shape=(28, 28), models={"int8": "model.tflite"}))
     return folder
 
 
