@@ -7,10 +7,20 @@ and returns encoded image bytes, so tests exercise decoding and normalisation to
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+
+def zip_of(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive of `members` (name -> bytes), as users upload folders of scans."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
 
 
 def _encode(im: Image.Image, fmt: str, **params) -> bytes:

@@ -9,7 +9,6 @@ import io
 import json
 import random
 import uuid
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import boto3
@@ -20,6 +19,7 @@ from PIL import Image
 from scorer import batch_jobs, outputs, s3_jobs
 from scorer.bundle import load_bundle
 
+from digit_factory import zip_of
 from moto_server import _reset_scorer_client, moto_endpoint, moto_server  # noqa: F401
 
 BATCH = 100  # items per batch (the template's MaxItemsPerBatch; smaller here, for more parts)
@@ -97,13 +97,6 @@ def keys_under(s3, bucket: str, prefix: str) -> list[str]:
     return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
 
-
-def zip_of(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def test_batches_in_any_order_with_a_retry_merge_into_what_one_prefix_job_writes(

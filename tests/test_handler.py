@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
+from digit_factory import zip_of
 from moto_server import moto_endpoint  # noqa: F401
 
 SUFFIXES = (".png", ".jpg", ".zip")
@@ -87,13 +88,6 @@ def png(digit) -> bytes:
     Image.fromarray(digit).save(buffer, format="PNG")
     return buffer.getvalue()
 
-
-def zip_of(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 @pytest.fixture

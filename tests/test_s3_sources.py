@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
 import pathlib
@@ -11,7 +10,6 @@ import sys
 import tempfile
 import time
 import uuid
-import zipfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
@@ -22,6 +20,7 @@ from scorer.sources import Input, SourceError, SourceStats, iter_inputs, iter_s3
 from scorer.sources import base as sources_base
 from scorer.sources import s3 as scorer_s3
 
+from digit_factory import zip_of
 from moto_server import moto_endpoint  # noqa: F401
 
 
@@ -43,13 +42,6 @@ def run(*specs: str, stats: SourceStats | None = None, fail_fast: bool = False) 
     stats = stats if stats is not None else SourceStats()
     return list(iter_inputs(list(specs), stats, fail_fast=fail_fast))
 
-
-def make_zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -136,7 +128,7 @@ def test_unicode_space_and_plus_keys(s3, bucket):
 
 
 def test_zip_objects_over_the_limit_are_an_error_row_not_a_full_disk(s3, bucket, monkeypatch):
-    archive = make_zip({"3/a.png": b"A" * 3000, "4/b.png": b"B"})
+    archive = zip_of({"3/a.png": b"A" * 3000, "4/b.png": b"B"})
     s3.put_object(Bucket=bucket, Key="big/batch.zip", Body=archive)
     s3.put_object(Bucket=bucket, Key="big/x.png", Body=b"X")
     monkeypatch.setenv("MAX_ZIP_BYTES", str(len(archive) - 1))
@@ -161,7 +153,7 @@ def test_zip_objects_expand_in_place_and_spill_to_disk(s3, bucket, monkeypatch):
 
     monkeypatch.setattr(scorer_s3.tempfile, "SpooledTemporaryFile", RecordingSpool)
     big = os.urandom(3000)  # incompressible: the zip is bigger than the spool's memory part
-    archive = make_zip(
+    archive = zip_of(
         {"3/a.png": b"A", "7/b.png": big, "notes.txt": b"n", "__MACOSX/3/._a.png": b"junk"}
     )
     assert len(archive) > 1024
@@ -194,7 +186,7 @@ def test_corrupt_zip_object_is_one_error_row_even_when_failing_fast(s3, bucket):
 
 def test_iter_s3_object_image_zip_and_other(s3, bucket):
     s3.put_object(Bucket=bucket, Key="in/8/x.webp", Body=b"W")
-    s3.put_object(Bucket=bucket, Key="in/b.zip", Body=make_zip({"8/y.png": b"Y"}))
+    s3.put_object(Bucket=bucket, Key="in/b.zip", Body=zip_of({"8/y.png": b"Y"}))
     s3.put_object(Bucket=bucket, Key="in/log.txt", Body=b"t")
     stats = SourceStats()
     rows = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import struct
@@ -18,6 +17,8 @@ from scorer import s3client, sources
 from scorer.sources import Input, SourceError, SourceStats, iter_inputs, local
 from scorer.sources import base as sources_base
 
+from digit_factory import zip_of
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -32,16 +33,6 @@ def write(path: Path, data: bytes | None = None) -> bytes:
 def run(*specs: str | Path, stats: SourceStats | None = None) -> list[Input]:
     return list(iter_inputs([str(s) for s in specs], stats if stats is not None else SourceStats()))
 
-
-def make_zip(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", method) as zf:
-        for name, data in members.items():
-            if name.endswith("/"):
-                zf.writestr(zipfile.ZipInfo(name), b"")
-            else:
-                zf.writestr(name, data)
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -292,7 +283,7 @@ def test_is_s3_is_false_for_local_paths():
 def test_zip_members_with_labels_skips_and_silent_junk(tmp_path):
     archive = tmp_path / "batch.zip"
     archive.write_bytes(
-        make_zip(
+        zip_of(
             {
                 "digits/": b"",
                 "digits/3/": b"",
@@ -301,7 +292,7 @@ def test_zip_members_with_labels_skips_and_silent_junk(tmp_path):
                 "digits/12/c.jpg": b"C",
                 "top.gif": b"T",
                 "digits/notes.txt": b"n",
-                "inner.zip": make_zip({"3/x.png": b"X"}),
+                "inner.zip": zip_of({"3/x.png": b"X"}),
                 "__MACOSX/digits/3/._a.png": b"junk",
                 "digits/.DS_Store": b"junk",
             }
@@ -325,7 +316,7 @@ def test_zip_members_with_labels_skips_and_silent_junk(tmp_path):
 
 def test_zip_inside_a_folder_is_expanded(tmp_path):
     write(tmp_path / "a" / "1" / "x.png")
-    (tmp_path / "b.zip").write_bytes(make_zip({"2/y.png": b"Y"}))
+    (tmp_path / "b.zip").write_bytes(zip_of({"2/y.png": b"Y"}))
     write(tmp_path / "c.png")
     rows = run(tmp_path)
     assert [(r.name, r.label) for r in rows] == [
@@ -339,7 +330,7 @@ def test_corrupt_and_truncated_zips_are_one_error_row_each_and_the_job_goes_on(t
     garbage = tmp_path / "garbage.zip"
     garbage.write_bytes(b"this is not a zip at all" * 10)
     truncated = tmp_path / "truncated.zip"
-    whole = make_zip({f"3/{i}.png": os.urandom(200) for i in range(5)}, zipfile.ZIP_STORED)
+    whole = zip_of({f"3/{i}.png": os.urandom(200) for i in range(5)}, zipfile.ZIP_STORED)
     truncated.write_bytes(whole[: len(whole) // 2])
     empty = tmp_path / "empty.zip"
     empty.write_bytes(b"")
@@ -359,7 +350,7 @@ def test_zip_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(sources_base, "MAX_FILE_BYTES", 1000)
     archive = tmp_path / "big.zip"
     # Zeros compress to almost nothing: the compressed size must not be what is checked.
-    archive.write_bytes(make_zip({"1/bomb.png": bytes(5000), "1/ok.png": bytes(1000)}))
+    archive.write_bytes(zip_of({"1/bomb.png": bytes(5000), "1/ok.png": bytes(1000)}))
     rows = run(archive)
     assert [(r.name, r.data, r.error is None) for r in rows] == [
         (f"{archive}!/1/bomb.png", None, False),
@@ -375,7 +366,7 @@ def _patch_central_directory(data: bytes, offset_in_entry: int, fmt: str, value:
 
 
 def test_zip_member_whose_header_lies_about_its_size_is_an_error_row(tmp_path):
-    honest = make_zip({"bomb.png": bytes(60_000)})
+    honest = zip_of({"bomb.png": bytes(60_000)})
     # Central directory: uncompressed size is the 4 bytes at offset 24.
     archive = tmp_path / "liar.zip"
     archive.write_bytes(_patch_central_directory(honest, 24, "<I", 100))
@@ -385,7 +376,7 @@ def test_zip_member_whose_header_lies_about_its_size_is_an_error_row(tmp_path):
 
 
 def test_encrypted_zip_member_is_an_error_row(tmp_path):
-    plain = make_zip({"5/secret.png": b"S"})
+    plain = zip_of({"5/secret.png": b"S"})
     # zipfile cannot write encrypted zips; set the "encrypted" flag bit (offset 8) by hand.
     archive = tmp_path / "locked.zip"
     archive.write_bytes(_patch_central_directory(plain, 8, "<H", 0x1))
@@ -401,7 +392,7 @@ def test_encrypted_zip_member_is_an_error_row(tmp_path):
 def test_zip_member_names_are_shown_as_stored(tmp_path):
     names = ["7/a,b.png", '7/"q".png', "7/ünï 数字.png", "7/new\nline.png", "../../etc/evil.png"]
     archive = tmp_path / "names.zip"
-    archive.write_bytes(make_zip({n: n.encode() for n in names}))
+    archive.write_bytes(zip_of({n: n.encode() for n in names}))
     rows = run(archive)
     assert [r.name for r in rows] == [f"{archive}!/{n}" for n in sorted(names)]
     assert [r.data for r in rows] == [n.encode() for n in sorted(names)]
