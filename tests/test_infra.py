@@ -139,7 +139,8 @@ def iam_statements(template: dict, r: Resolver) -> list[dict]:
     """Every identity-policy statement in the template, resolved (function, state machine and
     IAM roles)."""
     statements = []
-    for policy in function(template).get("Policies", []) + state_machine(template)["Policies"]:
+    assert "Policies" not in function(template), "the function's statements are in ScorerRole"
+    for policy in state_machine(template)["Policies"]:
         assert "Statement" in policy, f"only inline statements are allowed, not {policy}"
         statements += policy["Statement"]
     for role in resources_of_type(template, "AWS::IAM::Role").values():
@@ -220,18 +221,38 @@ def test_sam_transform_output_is_cfn_lint_clean(translated, tmp_path):
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
 
 
-def test_transformed_function_role_has_only_basic_execution_and_scoped_statements(
-    translated, template
-):
-    role = translated["Resources"]["ScorerFunctionRole"]["Properties"]
-    assert role["ManagedPolicyArns"] == [
-        "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
-    ], "the SQS managed policy (any queue) must not be attached"
+def test_transformed_function_runs_as_its_own_role_without_managed_policies(translated):
+    """No AWSLambdaBasicExecutionRole (logs on "*") and no SQS managed policy (any queue)."""
+    resources = translated["Resources"]
+    (fn,) = [v for v in resources.values() if v["Type"] == "AWS::Lambda::Function"]
+    assert fn["Properties"]["Role"] == {"Fn::GetAtt": ["ScorerRole", "Arn"]}
+    assert "ScorerFunctionRole" not in resources, "SAM must not create a role of its own"
+    for name, resource in resources.items():
+        if resource["Type"] == "AWS::IAM::Role":
+            assert not resource["Properties"].get("ManagedPolicyArns"), name
+
+
+def scorer_role_statements(template: dict, r: Resolver) -> list[dict]:
+    role = template["Resources"]["ScorerRole"]["Properties"]
+    return [r(s) for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+
+def test_function_writes_logs_only_to_its_own_log_group(template):
     r = Resolver(template)
-    for policy in role["Policies"]:
-        for statement in policy["PolicyDocument"]["Statement"]:
-            for resource in as_list(r(statement["Resource"])):
-                assert resource != "*" and not resource.endswith(":*"), statement
+    assert function(template)["Role"] == {"Fn::GetAtt": ["ScorerRole", "Arn"]}
+    assert "Policies" not in function(template), "ignored by SAM once Role is set"
+    trust = template["Resources"]["ScorerRole"]["Properties"]["AssumeRolePolicyDocument"]
+    assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "lambda.amazonaws.com"}]
+    statements = scorer_role_statements(template, r)
+    logs = [s for s in statements if any(a.startswith("logs:") for a in as_list(s["Action"]))]
+    (write,) = logs
+    assert set(as_list(write["Action"])) == {"logs:CreateLogStream", "logs:PutLogEvents"}
+    # Ref of a log group is its name: the ARN of the streams in the function's LoggingConfig group
+    assert write["Resource"] == (
+        "arn:aws:logs:eu-west-1:123456789012:log-group:<FunctionLogGroup>:log-stream:*")
+    assert function(template)["LoggingConfig"]["LogGroup"] == {"Ref": "FunctionLogGroup"}
+    all_actions = {a for s in iam_statements(template, r) for a in as_list(s["Action"])}
+    assert "logs:CreateLogGroup" not in all_actions
 
 
 # ---------------------------------------------------------------- IAM least privilege
@@ -248,7 +269,10 @@ def test_every_statement_is_scoped(template, prefixes):
         actions = as_list(s["Action"])
         assert not any("*" in a for a in actions), s
         for resource in as_list(s["Resource"]):
-            assert resource != "*" and not resource.endswith(":*"), s
+            assert resource != "*", s
+            # a log group's streams are named by Lambda: the one wildcard allowed after ":"
+            assert not resource.endswith(":*") or resource.endswith(
+                ":log-group:<FunctionLogGroup>:log-stream:*"), s
             if set(actions) & S3_OBJECT_ACTIONS:
                 # Object actions only on keys under a prefix, never the whole bucket.
                 assert resource.startswith(bucket_arn + "/"), s
@@ -263,7 +287,8 @@ def test_function_reads_only_inputs_and_writes_only_predictions(template, prefix
     r = Resolver(template, **prefixes)
     bucket_arn = f"arn:aws:s3:::{r.bucket_name()}"
     inp, out = r.params["InputPrefix"], r.params["OutputPrefix"]
-    statements = [r(s) for p in function(template)["Policies"] for s in p["Statement"]]
+    statements = [s for s in scorer_role_statements(template, r)
+                  if not s["Sid"].startswith("WriteOwnLogs")]
     jobs = f"{bucket_arn}/{out}.jobs/*"  # scale-out jobs' parts, under the output prefix
     read, parts = statements_with(statements, "s3:GetObject")
     assert as_list(read["Resource"]) == [f"{bucket_arn}/{inp}*"]
