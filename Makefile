@@ -10,7 +10,7 @@ TRAIN_ARGS ?=
 LAMBDA_PYTHON ?= 3.12
 LAMBDA_PLATFORM ?= x86_64
 
-.PHONY: help train test bench lint check package clean
+.PHONY: help train test bench lint check package lock clean
 
 help:
 	@echo "make train    train, evaluate and export the model bundle to $(ARTIFACTS)/"
@@ -20,6 +20,8 @@ help:
 	@echo "make lint     ruff"
 	@echo "make check    lint, then the test suite (what CI runs)"
 	@echo "make package  build/lambda.zip for AWS Lambda (LAMBDA_PYTHON=$(LAMBDA_PYTHON))"
+	@echo "make lock     pin the Lambda's wheels with their hashes in infra/lambda-requirements.txt"
+	@echo "              (after changing dependencies; make package installs only what it pins)"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +55,9 @@ package: $(VENV)/.dev.stamp
 	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) train ARTIFACTS=$(ARTIFACTS)
 	$(BIN)/python tools/package_lambda.py --python-version $(LAMBDA_PYTHON) \
 		--platform $(LAMBDA_PLATFORM) --model $(ARTIFACTS) --out build/lambda.zip
+
+lock: $(VENV)/.dev.stamp
+	$(BIN)/python tools/package_lambda.py --write-lock --lock infra/lambda-requirements.txt
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache *.egg-info
