@@ -69,7 +69,8 @@ def check_out(out: str) -> None:
               help="CSV with source,label columns; otherwise a parent folder named 0-9 is the "
               "label.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Worker processes that read, normalise and classify.  [default: all cores]")
+              help="Processes that read, normalise and classify, this one included (it scores "
+              "whenever it would wait for the others).  [default: all cores]")
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=256,
               help="Most images per model invocation (at most 64 in worker processes).")
 @click.option("--probabilities", is_flag=True, help="Add p0..p9 columns.")
@@ -127,8 +128,10 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 
 
-class Terminated(Exception):
-    """SIGTERM arrived: unwind like Ctrl-C, so temporary files go and workers stop."""
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C, so temporary files go and workers stop. Not an
+    Exception, like KeyboardInterrupt: code that turns a bad image's exception into an error row
+    must not catch it."""
 
 
 def terminate(_signum, _frame) -> None:

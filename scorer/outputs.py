@@ -39,24 +39,6 @@ def csv_header(labels: list[str], with_label: bool, with_probabilities: bool) ->
             + ([f"p{name}" for name in labels] if with_probabilities else []))
 
 
-def csv_fields(row: Row, labels: list[str], with_label: bool,
-               with_probabilities: bool, formula_guard: bool = True) -> list[str]:
-    text = defuse_formula if formula_guard else str
-    fields = [
-        text(row.source),
-        "" if row.prediction is None else text(labels[row.prediction]),
-        "" if row.confidence is None else f"{row.confidence:.6f}",
-        row.status,
-        text(row.error),
-    ]
-    if with_label:
-        fields.append("" if row.label is None else text(labels[row.label]))
-    if with_probabilities:
-        probs = row.probabilities
-        fields += [""] * len(labels) if probs is None else [f"{p:.6f}" for p in probs]
-    return fields
-
-
 class PredictionsCsv:
     """Streams rows (always with a label column) to a temporary file; `finish` drops the label
     column if no row had a label (unless `label_column` is True), then publishes the file.
@@ -66,11 +48,11 @@ class PredictionsCsv:
     def __init__(self, target: str, labels: list[str], with_probabilities: bool,
                  label_column: bool | None = None, formula_guard: bool = True):
         self.target = target
-        self.labels = labels
         self.with_probabilities = with_probabilities
         self.label_column = label_column
-        self.formula_guard = formula_guard
         self.any_label = False
+        self.text = defuse_formula if formula_guard else str
+        self.class_cells = [self.text(name) for name in labels]  # once, not once per row
         self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in finish/abort)
             "w", newline="", encoding="utf-8", suffix=".csv", delete=False,
             dir=local_dir_of(target))
@@ -90,8 +72,23 @@ class PredictionsCsv:
 
     def write(self, row: Row) -> None:
         self.any_label = self.any_label or row.label is not None
-        self.writer.writerow(csv_fields(row, self.labels, True, self.with_probabilities,
-                                        self.formula_guard))
+        self.writer.writerow(self.fields(row))
+
+    def fields(self, row: Row) -> list[str]:
+        """The row's cells, label column included."""
+        classes = self.class_cells
+        fields = [
+            self.text(row.source),
+            "" if row.prediction is None else classes[row.prediction],
+            "" if row.confidence is None else f"{row.confidence:.6f}",
+            row.status,
+            self.text(row.error),
+            "" if row.label is None else classes[row.label],
+        ]
+        if self.with_probabilities:
+            probs = row.probabilities
+            fields += [""] * len(classes) if probs is None else [f"{p:.6f}" for p in probs]
+        return fields
 
     def finish(self) -> None:
         self.file.close()

@@ -1,10 +1,13 @@
 """Worker processes: read, normalise and classify chunks of inputs, within byte budgets, and
 survive a worker that dies.
 
-Each worker runs its own TFLite interpreter, so the main process (``scorer.pipeline``) only
-merges rows and writes them. A chunk is bounded by CHUNK_BYTES (input bytes plus what decoding
-will allocate, read from the header), and one large image is decoded at a time across all
-workers, so memory stays bounded however many workers there are.
+`--workers N` means N processes score: this one and N - 1 pool workers, each with its own TFLite
+interpreter. Chunks go to the pool; when this process would wait for a result, it takes the
+next chunk no worker has started and scores it itself, so no core idles and none is shared by
+two busy processes. A chunk is bounded by CHUNK_BYTES (input bytes plus what decoding will
+allocate, read from the header), and a large image is always decoded in a worker, one at a time
+across all workers, so memory stays bounded however many workers there are, and an image that
+kills its process kills a worker, never the job.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ import multiprocessing
 import os
 import signal
 import warnings
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    CancelledError,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import NamedTuple
@@ -44,7 +55,10 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def prepare(data: bytes, geometry: Geometry) -> tuple[np.ndarray | None, str]:
+Prepared = tuple[np.ndarray | None, str]  # a model input, or None and a one-line reason
+
+
+def prepare(data: bytes, geometry: Geometry) -> Prepared:
     """Bytes -> (model input, "") or (None, one-line reason). Never raises for bad images."""
     try:
         return normalize(data, geometry), ""
@@ -56,9 +70,10 @@ def prepare(data: bytes, geometry: Geometry) -> tuple[np.ndarray | None, str]:
 
 def input_cost(item: Input) -> int:
     """Bytes an input takes in flight: its data plus what decoding it will allocate. A local
-    file not read yet costs its listed size here; the worker that reads it counts its pixels."""
+    file not read yet is a name until the process that scores it reads it, within its own
+    budget (classify_chunk): it costs nothing here, and needs no stat per file."""
     if item.data is None:
-        return item.size
+        return 0
     return len(item.data) + estimated_decoded_bytes(item.data, WORK_SIDE)
 
 
@@ -90,13 +105,12 @@ class Classified(NamedTuple):
 
 
 def classify_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
-                   large_decode_gate: contextlib.AbstractContextManager | None = None,
-                   ) -> Classified:
+                   normalise_large: Callable[[bytes], Prepared] | None = None) -> Classified:
     """Read deferred local files, normalise and classify a chunk of inputs. Files are read and
     normalised in groups of at most CHUNK_BYTES (bytes plus decoded bytes), so a chunk never
-    holds all its images at once; a large image is normalised alone, inside
-    `large_decode_gate` (shared by the workers)."""
-    results: list[tuple[np.ndarray | None, str]] = [(None, "")] * len(items)
+    holds all its images at once; a large image is normalised alone, by `normalise_large`
+    (in a worker: one at a time across workers; in the main process: sent to a worker)."""
+    results: list[Prepared] = [(None, "")] * len(items)
     group: list[tuple[int, bytes]] = []
     group_bytes = 0
     for i, item in enumerate(items):
@@ -106,8 +120,8 @@ def classify_chunk(items: list[Input], geometry: Geometry, classifier: Classifie
             continue
         decoded = estimated_decoded_bytes(item.data, WORK_SIDE)
         if decoded > LARGE_DECODE_BYTES:
-            with large_decode_gate or contextlib.nullcontext():
-                _normalise_group([(i, item.data)], geometry, results)
+            results[i] = normalise_large(item.data) if normalise_large else \
+                normalise_one(item.data, geometry)
             continue
         group.append((i, item.data))
         group_bytes += len(item.data) + decoded
@@ -120,8 +134,14 @@ def classify_chunk(items: list[Input], geometry: Geometry, classifier: Classifie
     return Classified([reason for _, reason in results], images, classifier.predict(images))
 
 
+def normalise_one(data: bytes, geometry: Geometry) -> Prepared:
+    results: list[Prepared] = [(None, "")]
+    _normalise_group([(0, data)], geometry, results)
+    return results[0]
+
+
 def _normalise_group(group: list[tuple[int, bytes]], geometry: Geometry,
-                     results: list[tuple[np.ndarray | None, str]]) -> None:
+                     results: list[Prepared]) -> None:
     """Normalise (index, bytes) pairs into results[index] as (image or None, reason)."""
     if not group:
         return
@@ -148,62 +168,128 @@ def _init_worker(model_content: bytes, geometry: Geometry, large_decode_gate) ->
 
 
 def _classify_in_worker(items: list[Input]) -> Classified:
-    return classify_chunk(items, _worker["geometry"], _worker["classifier"], _worker["gate"])
+    return classify_chunk(items, _worker["geometry"], _worker["classifier"],
+                          _normalise_large_in_worker)
+
+
+def _normalise_large_in_worker(data: bytes) -> Prepared:
+    with _worker["gate"]:  # one large image at a time across all workers
+        return normalise_one(data, _worker["geometry"])
+
+
+class Part:
+    """A chunk of a window, scored here or in the pool (`future`, once given to a worker)."""
+
+    __slots__ = ("chunk", "future", "generation", "result")
+
+    def __init__(self, chunk: list[Input], result: Classified | None = None):
+        self.chunk = chunk
+        self.future: Future | None = None
+        self.generation = 0  # the pool it was given to; a new one after each crash
+        self.result = result
 
 
 class ScoringPool:
-    """Reads, normalises and classifies windows of inputs in chunks: in a process pool when there
-    is more than one worker and more than one window of work (a single image never pays for
-    starting processes). Each worker runs its own interpreter, so this process only merges rows
-    and writes them.
+    """Reads, normalises and classifies windows of inputs in chunks. With more than one worker
+    and more than one window of work (a single image never pays for starting processes), the
+    chunks of a window are queued here and fed to a pool of `workers - 1` processes, a few per
+    worker at a time; whenever this process would wait for a result, it scores the next queued
+    part itself instead (`collect`). Each process runs its own interpreter; results are the
+    same wherever a part is scored.
 
     A worker that dies (the OOM killer, a crash in a decoder) breaks the whole pool and every
     task in flight: the pool is restarted and the lost chunks run again, one input per task, so
-    that an input that kills its worker a second time is known and becomes its own error row."""
+    that an input that kills its worker a second time is known and becomes its own error row.
+    Large images are never decoded here: this process sends them to a worker."""
 
-    CHUNK = 64  # most inputs per task (and model invocation) in a worker: amortises the
-    # inter-process overhead while keeping every core busy
+    CHUNK = 64  # most inputs per task (and model invocation): amortises the inter-process
+    # overhead while keeping every core busy
+    PARTS_PER_WORKER = 3  # given to the pool at a time: one running, two ready, so a worker
+    # never waits while this process scores a part or writes rows
     POLL_SECONDS = 0.5  # how often a wait checks that the workers are alive
 
     def __init__(self, bundle: Bundle, workers: int, batch_size: int):
         self.geometry = bundle.geometry
         self.n_classes = len(bundle.labels)
         self.model_content = bundle.model_bytes()
-        self.classifier: Classifier | None = None  # this process's, only when it does the work
+        self.classifier: Classifier | None = None  # this process's, made when first needed
         self.workers = max(1, workers)
         self.chunk = max(1, min(self.CHUNK, batch_size))
         self.executor: ProcessPoolExecutor | None = None
-        self.generation = 0  # which pool a task was submitted to; a new one after each crash
+        self.generation = 0  # which pool a part was given to; a new one after each crash
+        self.queued: deque[Part] = deque()  # parts of windows in flight no process has taken
+        self.given: list[Part] = []  # parts given to the pool and not finished
+        # Where the work went (the benchmark prints it): parts scored by this process and by the
+        # pool, and large images this process met and sent to a worker.
+        self.parts_here = self.parts_in_pool = self.large_images_sent = 0
 
-    def submit(self, window: list[Input], costs: list[int], use_pool: bool) -> list:
-        """Start preparing; `collect` the returned handle for the results in order."""
+    def submit(self, window: list[Input], costs: list[int], use_pool: bool) -> list[Part]:
+        """Queue a window's parts (or, without a pool, score them now); `collect` the returned
+        parts for the results in order."""
         payload = [(item, cost) for item, cost in zip(window, costs, strict=True)
                    if item.error is None]
         if use_pool and self.workers > 1 and self._start_pool():
             size = max(1, min(self.chunk, -(-len(payload) // self.workers)))
-            return [(chunk, self._submit(chunk), self.generation)
-                    for chunk in split_by_budget(payload, size, CHUNK_BYTES)]
-        if self.classifier is None:
-            self.classifier = Classifier(self.model_content, num_threads=1)
-        return [(None, classify_chunk([item for item, _ in payload], self.geometry,
-                                      self.classifier), self.generation)]
+            parts = [Part(chunk) for chunk in split_by_budget(payload, size, CHUNK_BYTES)]
+            self.queued.extend(parts)
+            self._feed_pool()
+            return parts
+        items = [item for item, _ in payload]
+        self.parts_here += 1
+        return [Part(items, classify_chunk(items, self.geometry, self._classifier()))]
 
-    def collect(self, handle: list) -> Classified:
-        results: list[Classified] = []
-        for chunk, part, generation in handle:
-            if not isinstance(part, Future):
-                results.append(part)
-                continue
-            try:
-                results.append(self._wait(part, generation))
-            except (BrokenProcessPool, CancelledError):
-                if generation == self.generation:
-                    self._discard_pool()
-                results += [self._run_alone(item) for item in chunk]
+    def collect(self, parts: list[Part]) -> Classified:
+        """The parts' results in order. Instead of waiting for the pool, score the oldest
+        queued part here (the awaited one, if no worker has it)."""
+        for part in parts:
+            while part.result is None:
+                self._feed_pool()
+                if part.future is not None and (part.future.done()
+                                                or part.generation != self.generation):
+                    part.result = self._result_of(part)  # finished, or lost with its pool
+                elif self.queued:
+                    self._score_here(self.queued.popleft())
+                elif not self._wait_for_any_given():  # a worker died: its pool is broken
+                    part.result = self._result_of(part)
+        results = [part.result for part in parts]
         return Classified.join(results) if results else \
             Classified.of([], self.geometry, self.n_classes)
 
-    def _wait(self, future: Future, generation: int) -> Classified:
+    def _feed_pool(self) -> None:
+        """Keep PARTS_PER_WORKER parts per worker in the pool, oldest first."""
+        self.given = [part for part in self.given if not part.future.done()]
+        while self.queued and len(self.given) < self.PARTS_PER_WORKER * (self.workers - 1):
+            if not self._start_pool():
+                return
+            part = self.queued.popleft()
+            part.future, part.generation = self._submit(_classify_in_worker, part.chunk), \
+                self.generation
+            self.given.append(part)
+
+    def _score_here(self, part: Part) -> None:
+        part.result = classify_chunk(part.chunk, self.geometry, self._classifier(),
+                                     self._normalise_large_in_pool)
+        self.parts_here += 1
+
+    def _wait_for_any_given(self) -> bool:
+        """Block until a part given to the pool finishes: True, or False if a worker died."""
+        futures = [part.future for part in self.given]
+        while futures and not wait(futures, self.POLL_SECONDS, FIRST_COMPLETED)[0]:
+            if self._a_worker_died():
+                return False
+        return True
+
+    def _result_of(self, part: Part) -> Classified:
+        try:
+            result = self._wait(part.future, part.generation)
+            self.parts_in_pool += 1
+            return result
+        except (BrokenProcessPool, CancelledError):
+            if part.generation == self.generation:
+                self._discard_pool()
+            return Classified.join([self._run_alone(item) for item in part.chunk])
+
+    def _wait(self, future: Future, generation: int):
         """The task's result; BrokenProcessPool if its pool lost a worker. Checked by polling too:
         a worker killed while writing its result leaves the pool's reader waiting for ever."""
         while True:
@@ -217,22 +303,40 @@ class ScoringPool:
         """Run one input of a lost chunk in a task of its own: if its worker dies again, the
         input is the cause and becomes an error row."""
         if not self._start_pool():
-            self.classifier = self.classifier or Classifier(self.model_content)
-            return classify_chunk([item], self.geometry, self.classifier)
-        future = self._submit([item])
+            return classify_chunk([item], self.geometry, self._classifier())
+        future = self._submit(_classify_in_worker, [item])
         try:
             return self._wait(future, self.generation)
         except (BrokenProcessPool, CancelledError):
             self._discard_pool()
             return Classified.of([WORKER_DIED], self.geometry, self.n_classes)
 
-    def _submit(self, chunk: list[Input]) -> Future:
+    def _normalise_large_in_pool(self, data: bytes) -> Prepared:
+        """A large image met in a part scored here goes to a worker: decoding it is what may
+        exhaust memory, and a worker that dies is replaced. Killed twice, it is an error."""
+        self.large_images_sent += 1
+        for _ in range(2):
+            if not self._start_pool():
+                return normalise_one(data, self.geometry)
+            future = self._submit(_normalise_large_in_worker, data)
+            try:
+                return self._wait(future, self.generation)
+            except (BrokenProcessPool, CancelledError):
+                self._discard_pool()
+        return None, WORKER_DIED
+
+    def _classifier(self) -> Classifier:
+        if self.classifier is None:
+            self.classifier = Classifier(self.model_content, num_threads=1)
+        return self.classifier
+
+    def _submit(self, task: Callable, argument) -> Future:
         try:
-            return self.executor.submit(_classify_in_worker, chunk)
+            return self.executor.submit(task, argument)
         except BrokenProcessPool:  # it broke since the last look: its tasks are collected later
             self._discard_pool()
             self._start_pool()
-            return self.executor.submit(_classify_in_worker, chunk)
+            return self.executor.submit(task, argument)
 
     def _a_worker_died(self) -> bool:
         processes = getattr(self.executor, "_processes", None) or {}
@@ -243,6 +347,7 @@ class ScoringPool:
         process's end of its result pipe, so that its reader thread sees the end and exits."""
         executor, self.executor = self.executor, None
         self.generation += 1
+        self.given = []  # lost with the pool: collect runs their inputs again
         if executor is None:
             return
         for process in list((getattr(executor, "_processes", None) or {}).values()):
@@ -252,7 +357,9 @@ class ScoringPool:
         if result_queue is not None:
             with contextlib.suppress(OSError):
                 result_queue._writer.close()
-        executor.shutdown(wait=False, cancel_futures=True)
+        # Not cancel_futures: the pool's thread fails every unfinished task itself, and
+        # cancelling as well races with it (CPython 3.11 then raises InvalidStateError there).
+        executor.shutdown(wait=False)
 
     def _start_pool(self) -> bool:
         if self.executor is None:
@@ -261,7 +368,7 @@ class ScoringPool:
                 context = multiprocessing.get_context("fork" if "fork" in methods else None)
                 # The lock lets one large image be decoded at a time across the workers; a new
                 # pool gets a new one, in case a killed worker held the old.
-                self.executor = ProcessPoolExecutor(self.workers, mp_context=context,
+                self.executor = ProcessPoolExecutor(self.workers - 1, mp_context=context,
                                                     initializer=_init_worker,
                                                     initargs=(self.model_content, self.geometry,
                                                               context.Lock()))
@@ -271,6 +378,8 @@ class ScoringPool:
         return True
 
     def close(self) -> None:
+        self.queued.clear()
+        self.given.clear()
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.executor = None

@@ -550,7 +550,7 @@ def test_sigterm_stops_workers_and_leaves_no_files(tmp_path, mnist_bundle, mnist
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     command = [sys.executable, "-m", "scorer", str(archive), "--model", str(mnist_bundle),
-               "--out", str(out_dir / "many.csv"), "--workers", "2"]
+               "--out", str(out_dir / "many.csv"), "--workers", "3"]  # 2 pool workers
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     parent = psutil.Process(proc.pid)

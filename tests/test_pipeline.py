@@ -190,3 +190,118 @@ def test_tally_counts_blanks_and_reviews_as_results_not_failures(bundle, mixed_i
             only_blanks.add(row)
     assert only_blanks.exit_code == EXIT_OK  # blanks alone never make the exit code 3
 
+
+
+# --- the main process scores too, never a large image ------------------------------------------
+
+
+def ring_png() -> bytes:
+    """A valid digit-like PNG whose pixels take 44 MB: a "large" image (LARGE_DECODE_BYTES)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    ring = Image.new("RGBA", (3400, 3400), (255, 255, 255, 0))
+    ImageDraw.Draw(ring).ellipse((1000, 1000, 2400, 2400), outline=(0, 0, 0, 255), width=120)
+    buffer = io.BytesIO()
+    ring.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_main_process_scores_parts_no_worker_has_started(bundle, mnist_test_images):
+    """With two workers, one pool process and this one share the parts: neither idles."""
+    from scorer.workers import ScoringPool, input_cost
+
+    x, _ = mnist_test_images
+    items = [Input(f"{i}.png", mnist_png(x[i % 100]), None, None) for i in range(2048)]
+    pool = ScoringPool(bundle, workers=2, batch_size=16)
+    try:
+        windows = [items[i:i + 256] for i in range(0, len(items), 256)]
+        handles = [pool.submit(w, [input_cost(item) for item in w], use_pool=True)
+                   for w in windows]
+        shared = [pool.collect(handle) for handle in handles]
+    finally:
+        pool.close()
+    assert pool.parts_here > 0 and pool.parts_in_pool > 0, (pool.parts_here, pool.parts_in_pool)
+    assert pool.parts_here + pool.parts_in_pool == len(items) // 16
+    alone = ScoringPool(bundle, workers=1, batch_size=256)
+    for window, result in zip(windows, shared, strict=True):
+        expected = alone.collect(alone.submit(window, [0] * len(window), use_pool=True))
+        assert result.reasons == expected.reasons
+        np.testing.assert_array_equal(result.images, expected.images)
+        np.testing.assert_array_equal(result.probabilities, expected.probabilities)
+    assert alone.executor is None  # one worker: everything in this process
+
+
+def test_a_large_image_met_by_the_main_process_is_decoded_by_a_worker(bundle, mnist_test_images):
+    """Two large images keep the one pool worker busy; the part after them is scored here, and
+    its large image goes to the worker (where running out of memory only costs a worker)."""
+    from scorer.workers import LARGE_DECODE_BYTES, ScoringPool, classify_chunk, input_cost
+
+    x, _ = mnist_test_images
+    ring = ring_png()
+    busy = [Input(f"busy{i}.png", ring, None, None) for i in range(2)]
+    mixed = [Input("a.png", mnist_png(x[0]), None, None), Input("ring.png", ring, None, None),
+             Input("b.png", mnist_png(x[1]), None, None)]
+    assert input_cost(mixed[1]) > LARGE_DECODE_BYTES
+    pool = ScoringPool(bundle, workers=2, batch_size=8)
+    try:
+        first = pool.submit(busy, [input_cost(i) for i in busy], use_pool=True)
+        second = pool.submit(mixed, [input_cost(i) for i in mixed], use_pool=True)
+        result = pool.collect(second)
+        pool.collect(first)
+    finally:
+        pool.close()
+    assert pool.large_images_sent >= 1 and pool.parts_here >= 1
+    from scorer.bundle import Classifier
+
+    expected = classify_chunk(mixed, bundle.geometry, Classifier(bundle.model_bytes()))
+    assert result.reasons == expected.reasons == ["", "", ""]
+    np.testing.assert_array_equal(result.images, expected.images)
+    np.testing.assert_array_equal(result.probabilities, expected.probabilities)
+
+
+def test_classify_chunk_hands_only_large_images_to_normalise_large(bundle, mnist_test_images):
+    from scorer.bundle import Classifier
+    from scorer.workers import classify_chunk, normalise_one
+
+    x, _ = mnist_test_images
+    ring = ring_png()
+    items = [Input("a.png", mnist_png(x[0]), None, None), Input("ring.png", ring, None, None)]
+    handed: list[int] = []
+
+    def normalise_large(data: bytes):
+        handed.append(len(data))
+        return normalise_one(data, bundle.geometry)
+
+    classifier = Classifier(bundle.model_bytes())
+    hooked = classify_chunk(items, bundle.geometry, classifier, normalise_large)
+    plain = classify_chunk(items, bundle.geometry, classifier)
+    assert handed == [len(ring)]
+    np.testing.assert_array_equal(hooked.images, plain.images)
+
+
+def test_a_stop_request_during_decoding_is_not_taken_for_a_bad_image(bundle, mnist_test_images):
+    """SIGTERM makes the CLI raise Terminated wherever this process is, mostly in decoding code,
+    which turns any Exception into an error row: the request must get through it."""
+    import signal
+
+    from scorer.bundle import Classifier
+    from scorer.cli import Terminated
+    from scorer.workers import classify_chunk
+
+    x, _ = mnist_test_images
+    items = [Input(f"{i}.png", mnist_png(x[i % 100]), None, None) for i in range(20_000)]
+    classifier = Classifier(bundle.model_bytes())
+
+    def stop(_signum, _frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Terminated):
+            classify_chunk(items, bundle.geometry, classifier)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -28,7 +28,6 @@ class Input(NamedTuple):
     error: str | None
     label: int | None
     path: str | None = None  # a local file not read yet (``defer_reads``): see ``local.load``
-    size: int = 0  # bytes of such a deferred file as listed: what reading it will take
 
 
 @dataclass

@@ -36,19 +36,9 @@ def _iter_file(path: str, stats: SourceStats, defer_reads: bool,
     if ext == ZIP_EXTENSION:
         yield from _iter_local_zip(path, stats)
     elif ext in IMAGE_EXTENSIONS:
-        yield Input(path, None, None, label, path, _listed_size(path)) if defer_reads \
-            else _read_local(path, label)
+        yield Input(path, None, None, label, path) if defer_reads else _read_local(path, label)
     else:
         stats.skip(path)
-
-
-def _listed_size(path: str) -> int:
-    """A file's size for the pipeline's memory budget (0 if it cannot be stat'ed: the read will
-    say why)."""
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
 
 
 def walk_folder(root: str, stats: SourceStats, defer_reads: bool = False) -> Iterator[Input]:
