@@ -219,7 +219,7 @@ class ScoringPool:
         self.generation = 0  # which pool a part was given to; a new one after each crash
         self.queued: deque[Part] = deque()  # parts of windows in flight no process has taken
         self.given: list[Part] = []  # parts given to the pool and not finished
-        # Where the work went (the benchmark prints it): parts scored by this process and by the
+        # Where the work went, for tests and profiling: parts scored by this process and by the
         # pool, and large images this process met and sent to a worker.
         self.parts_here = self.parts_in_pool = self.large_images_sent = 0
 
