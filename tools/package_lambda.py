@@ -31,7 +31,6 @@ Exit status: 0 on success, 1 when the build fails or breaks a Lambda limit, 2 on
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import shutil
@@ -347,12 +346,14 @@ def checked_lock(path: Path, requirements: Sequence[str], target: Target,
     return lock
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def scorer_module(name: str):
+    """A module of the repository's scorer package (light: the standard library, numpy,
+    Pillow and LiteRT only), for what the build shares with it."""
+    import importlib
+
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    return importlib.import_module(name)
 
 
 def pip_download_command(dest: Path, target: Target, requirement: str,
@@ -390,7 +391,7 @@ def download_wheel(requirement: str, target: Target, glibc: tuple[int, int] = DE
         wheel_name, version, _build, _tags = parse_wheel_filename(wheels[0].name)
         if wheel_name != name:
             raise BuildError(f"pip downloaded {wheels[0].name} for {requirement}")
-        return name, str(version), sha256_of(wheels[0])
+        return name, str(version), scorer_module("scorer.files").sha256_file(wheels[0])
 
 
 def resolve_lock(requirements: Sequence[str], targets: Sequence[Target],
@@ -417,19 +418,6 @@ def resolve_lock(requirements: Sequence[str], targets: Sequence[Target],
     return Lock(tuple(targets), glibc, pins)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_lock(path: Path, targets: Sequence[Target] = LOCK_TARGETS,
                requirements: Sequence[str] | None = None,
                glibc: tuple[int, int] = DEFAULT_GLIBC, log=print) -> Lock:
@@ -440,7 +428,8 @@ def write_lock(path: Path, targets: Sequence[Target] = LOCK_TARGETS,
     log(f"locking {len(requirements)} distributions for "
         f"{' '.join(t.tag for t in targets)} (glibc <= {glibc[0]}.{glibc[1]})")
     lock = resolve_lock(requirements, targets, glibc, log=log)
-    write_atomically(path, format_lock(lock).encode("utf-8"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scorer_module("scorer.files").atomic_write(path, format_lock(lock).encode("utf-8"))
     log(f"wrote {path}")
     return lock
 
@@ -505,12 +494,10 @@ def collect_files(src: Path, arcprefix: str = "", suffixes: tuple[str, ...] = ()
 def verify_bundle(model_dir: Path) -> None:
     """Refuse a bundle whose files do not match their manifest's SHA-256 (or whose manifest
     disagrees with its model), exactly as the scorer would on its first event."""
-    sys.path.insert(0, str(REPO_ROOT))
-    from scorer.bundle import BundleError, load_bundle
-
+    bundle = scorer_module("scorer.bundle")
     try:
-        load_bundle(model_dir)
-    except BundleError as err:
+        bundle.load_bundle(model_dir)
+    except bundle.BundleError as err:
         raise BuildError(f"not packaging the model bundle: {err}") from err
 
 
