@@ -89,12 +89,15 @@ def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
 def best_of(commands: dict[str, list[str]], rounds: int
             ) -> tuple[dict[str, float], dict[str, subprocess.CompletedProcess]]:
     """The best wall time of each command over `rounds` rounds, run in turn (one of each per
-    round), so that a burst of load on a shared machine slows one run, not one configuration."""
+    round), so that a burst of load on a shared machine slows one run, not one configuration.
+    Every other round runs them in reverse order, so that no command always runs right after
+    the same one (a 2-core run straight after the 1-core loop measured 2-3 % slower here)."""
     best: dict[str, float] = {}
     outputs: dict[str, subprocess.CompletedProcess] = {}
-    for _ in range(rounds):
-        for name, command in commands.items():
-            elapsed, outputs[name] = timed(command)
+    names = list(commands)
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            elapsed, outputs[name] = timed(commands[name])
             best[name] = min(elapsed, best.get(name, elapsed))
     return best, outputs
 
@@ -178,7 +181,7 @@ def main() -> None:
                         help="MNIST images to use (the test set first, then training images)")
     parser.add_argument("--styled", type=int, default=500, help="images per realistic style")
     parser.add_argument("--cnn", default=None, help="a CNN bundle to compare with --model")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="runs of each throughput command, in turn; the best counts")
     args = parser.parse_args()
 
