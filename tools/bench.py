@@ -91,7 +91,8 @@ def best_of(commands: dict[str, list[str]], rounds: int
     """The best wall time of each command over `rounds` rounds, run in turn (one of each per
     round), so that a burst of load on a shared machine slows one run, not one configuration.
     Every other round runs them in reverse order, so that no command always runs right after
-    the same one (a 2-core run straight after the 1-core loop measured 2-3 % slower here)."""
+    the same one (right after the 1-core loop, a 2-core run measured about 2 % slower on
+    average here)."""
     best: dict[str, float] = {}
     outputs: dict[str, subprocess.CompletedProcess] = {}
     names = list(commands)
