@@ -66,8 +66,7 @@ def handler(event: dict, context) -> dict:
     if "source" in event and str(event["source"]).startswith("s3://"):
         out, tally = s3_jobs.score_prefix(event["source"], *bundle_and_config())
         record_metrics(tally)
-        return {"output": out, "scored": tally.scored, "review": tally.review,
-                "blank": tally.blank, "failed": tally.failed, "accuracy": tally.accuracy}
+        return {"output": out, **tally.counts(), "accuracy": tally.accuracy}
     return {"outputs": [score_notified(bucket, key) for bucket, key in notified_objects(event)]}
 
 
@@ -132,8 +131,7 @@ def score(bucket: str, key: str) -> str | None:
     out, tally = s3_jobs.score_object(bucket, key, bundle, config)
     record_metrics(tally)
     logger.info("scored object", extra={"bucket": bucket, "key": key, "output": out,
-                                         "scored": tally.scored, "review": tally.review,
-                                         "blank": tally.blank, "failed": tally.failed})
+                                         **tally.counts()})
     return out
 
 

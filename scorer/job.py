@@ -56,6 +56,11 @@ class Tally:
             self.y_pred.append(row.prediction)
             self.confidence.append(row.confidence)
 
+    def counts(self) -> dict[str, int]:
+        """The row counts by status, as logs, metrics and job results report them."""
+        return {"scored": self.scored, "review": self.review, "blank": self.blank,
+                "failed": self.failed}
+
     @property
     def total(self) -> int:
         return self.scored + self.blank + self.failed

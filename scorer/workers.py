@@ -92,8 +92,7 @@ class Classified(NamedTuple):
     @staticmethod
     def of(reasons: list[str], geometry: Geometry, n_classes: int) -> Classified:
         """Inputs that were all refused, for these reasons (none classified)."""
-        return Classified(reasons, np.zeros((0, geometry.height, geometry.width), np.uint8),
-                          np.zeros((0, n_classes), np.float32))
+        return Classified(reasons, no_images(geometry), np.zeros((0, n_classes), np.float32))
 
     @staticmethod
     def join(parts: list[Classified]) -> Classified:
@@ -130,8 +129,13 @@ def classify_chunk(items: list[Input], geometry: Geometry, classifier: Classifie
             group, group_bytes = [], 0
     _normalise_group(group, geometry, results)
     good = [image for image, _ in results if image is not None]
-    images = np.stack(good) if good else np.zeros((0, geometry.height, geometry.width), np.uint8)
+    images = np.stack(good) if good else no_images(geometry)
     return Classified([reason for _, reason in results], images, classifier.predict(images))
+
+
+def no_images(geometry: Geometry) -> np.ndarray:
+    """An empty stack of model inputs: uint8 (0, height, width)."""
+    return np.zeros((0, geometry.height, geometry.width), np.uint8)
 
 
 def normalise_one(data: bytes, geometry: Geometry) -> Prepared:
@@ -304,12 +308,9 @@ class ScoringPool:
         input is the cause and becomes an error row."""
         if not self._start_pool():
             return classify_chunk([item], self.geometry, self._classifier())
-        future = self._submit(_classify_in_worker, [item])
-        try:
-            return self._wait(future, self.generation)
-        except (BrokenProcessPool, CancelledError):
-            self._discard_pool()
-            return Classified.of([WORKER_DIED], self.geometry, self.n_classes)
+        result = self._in_own_task(_classify_in_worker, [item])
+        return Classified.of([WORKER_DIED], self.geometry, self.n_classes) if result is None \
+            else result
 
     def _normalise_large_in_pool(self, data: bytes) -> Prepared:
         """A large image met in a part scored here goes to a worker: decoding it is what may
@@ -318,12 +319,20 @@ class ScoringPool:
         for _ in range(2):
             if not self._start_pool():
                 return normalise_one(data, self.geometry)
-            future = self._submit(_normalise_large_in_worker, data)
-            try:
-                return self._wait(future, self.generation)
-            except (BrokenProcessPool, CancelledError):
-                self._discard_pool()
+            result = self._in_own_task(_normalise_large_in_worker, data)
+            if result is not None:
+                return result
         return None, WORKER_DIED
+
+    def _in_own_task(self, task: Callable, argument):
+        """`task(argument)` in a worker, waited for: its result, or None if the worker died
+        (the broken pool is discarded; the next task starts a new one)."""
+        future = self._submit(task, argument)
+        try:
+            return self._wait(future, self.generation)
+        except (BrokenProcessPool, CancelledError):
+            self._discard_pool()
+            return None
 
     def _classifier(self) -> Classifier:
         if self.classifier is None:
