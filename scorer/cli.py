@@ -73,7 +73,16 @@ def check_out(out: str) -> None:
               "whenever it would wait for the others).  [default: all cores]")
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=256,
               help="Most images per model invocation (at most 64 in worker processes).")
-@click.option("--probabilities", is_flag=True, help="Add p0..p9 columns.")
+@click.option("--read", "read_mode", type=click.Choice(["digit", "number"]), default="digit",
+              help="What one image holds: one digit, or one number written on one line (a "
+              "field: an amount, a ZIP code, a meter reading, a comb of boxes). In number mode "
+              "prediction is the digit string and a digits column shows where each digit was "
+              "cut.")
+@click.option("--length", "length_text", default=None, metavar="N|MIN-MAX",
+              help="Number mode: how many digits a field holds (5, or 4-6). The reader uses it "
+              "to choose between cuts; a reading of another length gets status=review.  "
+              "[default: any]")
+@click.option("--probabilities", is_flag=True, help="Add p0..p9 columns (digit mode).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
               help="Predictions below this confidence get status=review (they keep the "
               "prediction), for a person to check. The report's accuracy-against-coverage table "
@@ -83,10 +92,10 @@ def check_out(out: str) -> None:
               "name a spreadsheet would run as a formula) gets a leading single quote.")
 @click.version_option(__version__, prog_name="digits-score")
 def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batch_size,
-         probabilities, min_confidence, raw_csv) -> None:
+         read_mode, length_text, probabilities, min_confidence, raw_csv) -> None:
     """Classify digit images in SOURCES (image files, folders, .zip archives, s3://bucket/prefix/
     or s3://bucket/archive.zip) and write one CSV row per image:
-    source,prediction,confidence,status,error[,label][,p0..p9].
+    source,prediction,confidence,status,error[,label][,p0..p9] (--read number: plus digits).
 
     Images of any style are normalised the way MNIST was (ink polarity, contrast, crop, 20 px box,
     centre of mass). Images without ink are status=blank; broken files become rows with
@@ -101,7 +110,9 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
         raise click.UsageError(str(err)) from err
     check_out(out)
     check_report_dir(report_dir)
-    matcher = LabelMatcher(read_labels(labels_csv, bundle.labels) if labels_csv else {})
+    numbers = number_mode(read_mode, length_text, probabilities, bundle.labels)
+    matcher = LabelMatcher(read_labels(labels_csv, bundle.labels, numbers is not None)
+                           if labels_csv else {})
     stats = SourceStats()
     inputs = matcher.apply(iter_inputs(sources, stats, defer_reads=True))
     signal.signal(signal.SIGTERM, terminate)
@@ -109,7 +120,8 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
         tally = score_to_outputs(inputs, bundle, out, report_dir, workers=workers,
                                  batch_size=batch_size, probabilities=probabilities,
                                  min_confidence=min_confidence,
-                                 formula_guard=not raw_csv)
+                                 formula_guard=not raw_csv, numbers=numbers,
+                                 run_info=number_info(numbers))
     except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
         raise click.UsageError(str(err)) from err  # listing starts; a model TFLite cannot load
     except Terminated:  # the job removed its temporary files and stopped its workers
@@ -138,11 +150,42 @@ def terminate(_signum, _frame) -> None:
     raise Terminated
 
 
-def read_labels(path: str, classes: list[str]) -> dict[str, int]:
-    from scorer.sources import LabelsError, read_labels_csv
+def number_mode(read_mode: str, length_text: str | None, probabilities: bool,
+                classes: list[str]):
+    """--read/--length -> the pipeline's NumberMode, or None in digit mode (exit 2 if they do
+    not fit together)."""
+    from scorer.numbers import parse_length
+    from scorer.workers import NumberMode
+
+    if read_mode == "digit":
+        if length_text is not None:
+            raise click.UsageError("--length needs --read number")
+        return None
+    if probabilities:
+        raise click.UsageError("--probabilities is for --read digit (a field has a "
+                               "probability per digit: see the digits column)")
+    if any(len(name) != 1 for name in classes):
+        raise click.UsageError("--read number needs a bundle whose classes are single "
+                               f"characters, not {', '.join(classes)}")
+    try:
+        length = None if length_text is None else parse_length(length_text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--length") from err
+    return NumberMode(length)
+
+
+def number_info(numbers) -> dict | None:
+    """What the report's run section says about number mode."""
+    if numbers is None:
+        return None
+    return {"length": None if numbers.length is None else str(numbers.length)}
+
+
+def read_labels(path: str, classes: list[str], numbers: bool = False) -> dict:
+    from scorer.sources import LabelsError, read_labels_csv, read_number_labels_csv
 
     try:
-        return read_labels_csv(path, classes)
+        return (read_number_labels_csv if numbers else read_labels_csv)(path, classes)
     except LabelsError as err:
         raise click.BadParameter(str(err), param_hint="--labels") from err
 

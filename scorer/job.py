@@ -15,6 +15,7 @@ from scorer.bundle import Bundle
 from scorer.outputs import PredictionsCsv, write_report
 from scorer.pipeline import STATUS_BLANK, STATUS_ERROR, STATUS_REVIEW, Row, score
 from scorer.sources import Input
+from scorer.workers import NumberMode
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -33,10 +34,11 @@ class Tally:
     labelled: int = 0
     correct: int = 0
     any_label: bool = False  # some row (of any status) has a label: the CSV has a label column
+    fields: bool = False  # number mode: rows are fields, predictions and labels digit strings
     started: float = field(default_factory=time.perf_counter)
     ended: float | None = None
-    y_true: list[int] = field(default_factory=list, repr=False)
-    y_pred: list[int] = field(default_factory=list, repr=False)
+    y_true: list[int | str] = field(default_factory=list, repr=False)
+    y_pred: list[int | str] = field(default_factory=list, repr=False)
     confidence: list[float] = field(default_factory=list, repr=False)
 
     def add(self, row: Row) -> None:
@@ -94,12 +96,14 @@ class Tally:
 
     def summary_line(self, skipped: int) -> str:
         """One line for people: counts, speed and, with labels, accuracy."""
-        scored = f"scored {self.scored}" + (f" ({self.review} for review)" if self.review else "")
+        verb, unit = ("read", "fields") if self.fields else ("scored", "images")
+        scored = f"{verb} {self.scored}" + (f" ({self.review} for review)" if self.review
+                                             else "")
         parts = [scored, f"blank {self.blank}", f"failed {self.failed}",
-                 f"skipped {skipped} (not images)", f"{self.rounded_rate:,.0f} images/s"]
+                 f"skipped {skipped} (not images)", f"{self.rounded_rate:,.0f} {unit}/s"]
         if self.labelled:
-            parts.append(f"accuracy {self.correct / self.labelled:.2%} on {self.labelled} "
-                         "labelled")
+            parts.append(f"{'exact' if self.fields else 'accuracy'} "
+                         f"{self.correct / self.labelled:.2%} on {self.labelled} labelled")
         return ", ".join(parts)
 
 
@@ -108,7 +112,7 @@ def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str |
             min_confidence: float | None = None, progress=None, run_info: dict | None = None,
             timings: bool = True, label_column: bool | None = None,
             collector: report.ExampleCollector | None = None,
-            formula_guard: bool = True) -> Tally:
+            formula_guard: bool = True, numbers: NumberMode | None = None) -> Tally:
     """Score `inputs` into the CSV at `out` (path, '-' or s3:// URL). With `report_dir` and at
     least one labelled image, also write the report there. Predictions below `min_confidence`
     get status "review". `progress` wraps the row iterator (e.g. a tqdm bar). Nothing is
@@ -117,35 +121,55 @@ def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str |
     label column even when no row has a label (parts of a job that are merged later); a given
     `collector` is fed the labelled predictions (with their images) even without `report_dir`.
     `formula_guard=False` writes cells exactly, even those a spreadsheet would run as
-    formulas."""
+    formulas. With `numbers`, each input is a field read as a number (`--read number`)."""
     sink = PredictionsCsv(out, bundle.labels, probabilities, label_column=label_column,
-                          formula_guard=formula_guard)
-    tally = Tally()
+                          formula_guard=formula_guard, fields=numbers is not None)
+    tally = Tally(fields=numbers is not None)
     if collector is None and report_dir:
         collector = report.ExampleCollector()
     try:
         rows = score(inputs, bundle, workers=workers, batch_size=batch_size,
-                     keep_probabilities=probabilities, min_confidence=min_confidence)
+                     keep_probabilities=probabilities, min_confidence=min_confidence,
+                     numbers=numbers)
         for row in progress(rows) if progress else rows:
             sink.write(row)
             tally.add(row)
             if collector is not None and row.prediction is not None and row.label is not None:
-                collector.add(report.Example(row.source, row.label, row.prediction,
-                                             row.confidence, row.image))
+                collector.add(example_of(row))
     except BaseException:
         sink.abort()
         raise
     sink.finish()
     tally.finish()
     if report_dir and tally.labelled:
-        files = report.report_files(
-            report.compute_metrics(tally.y_true, tally.y_pred, bundle.labels),
-            title="digit predictions", misclassified=collector.misclassified,
-            least_confident=collector.least_confident,
-            coverage=report.coverage(tally.y_true, tally.y_pred, tally.confidence),
-            extra=run_summary(tally, bundle, run_info, min_confidence, timings))
+        files = build_report(tally, bundle, collector.misclassified, collector.least_confident,
+                             run_summary(tally, bundle, run_info, min_confidence, timings))
         write_report(files, report_dir)
     return tally
+
+
+def example_of(row: Row) -> report.Example:
+    """A labelled row as the report shows it: the model's input, or the field with its cuts."""
+    cuts = ()
+    if row.reading is not None:
+        scale = row.reading.thumb_scale
+        cuts = tuple((round(d.x0 * scale), round(d.x1 * scale)) for d in row.reading.digits)
+    return report.Example(row.source, row.label, row.prediction, row.confidence, row.image,
+                          cuts)
+
+
+def build_report(tally: Tally, bundle: Bundle, misread: list[report.Example],
+                 least_confident: list[report.Example], run: dict) -> dict[str, bytes]:
+    """Every report file of the labelled rows counted in `tally`."""
+    coverage = report.coverage(tally.y_true, tally.y_pred, tally.confidence)
+    if tally.fields:
+        fields = report.field_metrics(tally.y_true, tally.y_pred, bundle.labels)
+        return report.report_files(fields["digits"], title="number readings",
+                                   misclassified=misread, least_confident=least_confident,
+                                   coverage=coverage, extra=run, fields=fields)
+    return report.report_files(report.compute_metrics(tally.y_true, tally.y_pred, bundle.labels),
+                               title="digit predictions", misclassified=misread,
+                               least_confident=least_confident, coverage=coverage, extra=run)
 
 
 def run_summary(tally: Tally, bundle: Bundle, run_info: dict | None,
@@ -158,6 +182,7 @@ def run_summary(tally: Tally, bundle: Bundle, run_info: dict | None,
         "images_blank": tally.blank, "images_failed": tally.failed,
         "unlabelled": tally.scored - tally.labelled,
         "min_confidence": min_confidence,
+        **({"read": "number"} if tally.fields else {}),
     }
     if timings:
         info["images_per_second"] = tally.rounded_rate

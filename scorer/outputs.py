@@ -34,9 +34,23 @@ def defuse_formula(text: str) -> str:
     return f"'{text}" if text.startswith(FORMULA_STARTS) else text
 
 
-def csv_header(labels: list[str], with_label: bool, with_probabilities: bool) -> list[str]:
+DIGITS_COLUMN = "digits"  # number mode: each digit read, with its columns and confidence
+
+
+def csv_header(labels: list[str], with_label: bool, with_probabilities: bool,
+               fields: bool = False) -> list[str]:
     return (BASE_COLUMNS + (["label"] if with_label else [])
-            + ([f"p{name}" for name in labels] if with_probabilities else []))
+            + ([f"p{name}" for name in labels] if with_probabilities else [])
+            + ([DIGITS_COLUMN] if fields else []))
+
+
+def digits_cell(row: Row, labels: list[str]) -> str:
+    """Number mode: "7@12-40:0.998 0@44-71:0.951", each digit read, the columns x0-x1 (image
+    pixels, end exclusive) where the reader cut it, and its confidence."""
+    if row.reading is None:
+        return ""
+    return " ".join(f"{labels[d.value]}@{d.x0}-{d.x1}:{d.confidence:.3f}"
+                    for d in row.reading.digits)
 
 
 class PredictionsCsv:
@@ -46,8 +60,11 @@ class PredictionsCsv:
     start with a quote."""
 
     def __init__(self, target: str, labels: list[str], with_probabilities: bool,
-                 label_column: bool | None = None, formula_guard: bool = True):
+                 label_column: bool | None = None, formula_guard: bool = True,
+                 fields: bool = False):
         self.target = target
+        self.labels = labels
+        self.number_fields = fields
         self.with_probabilities = with_probabilities
         self.label_column = label_column
         self.any_label = False
@@ -57,7 +74,7 @@ class PredictionsCsv:
             "w", newline="", encoding="utf-8", suffix=".csv", delete=False,
             dir=local_dir_of(target))
         self.writer = csv.writer(self.file)  # RFC 4180 quoting of commas, quotes, newlines
-        self.writer.writerow(csv_header(labels, True, with_probabilities))
+        self.writer.writerow(csv_header(labels, True, with_probabilities, fields))
 
     @staticmethod
     def is_stream(target: str) -> bool:
@@ -79,16 +96,24 @@ class PredictionsCsv:
         classes = self.class_cells
         fields = [
             self.text(row.source),
-            "" if row.prediction is None else classes[row.prediction],
+            self._class_cell(row.prediction),
             "" if row.confidence is None else f"{row.confidence:.6f}",
             row.status,
             self.text(row.error),
-            "" if row.label is None else classes[row.label],
+            self._class_cell(row.label),
         ]
         if self.with_probabilities:
             probs = row.probabilities
             fields += [""] * len(classes) if probs is None else [f"{p:.6f}" for p in probs]
+        if self.number_fields:
+            fields.append(digits_cell(row, self.labels))
         return fields
+
+    def _class_cell(self, value: int | str | None) -> str:
+        """A class index's name, or a number field's digit string as it is."""
+        if value is None:
+            return ""
+        return self.text(value) if isinstance(value, str) else self.class_cells[value]
 
     def finish(self) -> None:
         self.file.close()

@@ -18,10 +18,12 @@ import numpy as np
 
 from scorer.bundle import Bundle
 from scorer.images import BLANK_REASON
+from scorer.numbers import Reading
 from scorer.sources import Input
-from scorer.workers import Classified, ScoringPool, default_workers, input_cost
+from scorer.workers import Classified, NumberMode, ScoringPool, default_workers, input_cost
 
 WINDOWS_IN_FLIGHT = 3  # windows of inputs in memory at once: with the budgets, the memory bound
+FIELDS_PER_CHUNK = 16  # a field costs as much as ~50 digits: smaller chunks keep cores busy
 WINDOW_BYTES = 32 * 2**20  # most input bytes + decoded bytes per window (one input may exceed it)
 IN_FLIGHT_BYTES = 3 * WINDOW_BYTES  # no new window while the windows in flight cost this much
 # A row's status (docs/output.md): a prediction; a prediction below --min-confidence, for a
@@ -34,19 +36,24 @@ STATUS_ERROR = "error"
 
 
 class Row(NamedTuple):
-    """One scored input. `image` is the model's input (uint8 (h, w)), None for errors."""
+    """One scored input. `image` is the model's input (uint8 (h, w)), None for errors.
+
+    In number mode `prediction` and `label` are digit strings (class names joined),
+    `confidence` is the field's, and `reading` holds the digits and the field's thumbnail."""
 
     source: str
-    prediction: int | None
+    prediction: int | str | None
     confidence: float | None
     status: str
     error: str
-    label: int | None
+    label: int | str | None
     probabilities: np.ndarray | None = None
     image: np.ndarray | None = None
+    reading: Reading | None = None
 
 
-def next_window(stream: Iterator[Input], most: int) -> tuple[list[Input], list[int], bool]:
+def next_window(stream: Iterator[Input], most: int, numbers: NumberMode | None = None
+                ) -> tuple[list[Input], list[int], bool]:
     """The next window: (inputs, their costs, whether it ended on a limit rather than at the
     end of the stream). It ends after `most` inputs or once WINDOW_BYTES are reached."""
     window: list[Input] = []
@@ -54,7 +61,7 @@ def next_window(stream: Iterator[Input], most: int) -> tuple[list[Input], list[i
     spent = 0
     for item in stream:
         window.append(item)
-        costs.append(input_cost(item))
+        costs.append(input_cost(item, numbers))
         spent += costs[-1]
         if len(window) >= most or spent >= WINDOW_BYTES:
             return window, costs, True
@@ -63,11 +70,15 @@ def next_window(stream: Iterator[Input], most: int) -> tuple[list[Input], list[i
 
 def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None,
           batch_size: int = 256, keep_probabilities: bool = False,
-          min_confidence: float | None = None) -> Iterator[Row]:
+          min_confidence: float | None = None, numbers: NumberMode | None = None
+          ) -> Iterator[Row]:
     """Yield one Row per input, in input order. Predictions whose confidence is below
-    `min_confidence` get status "review" (they keep their prediction)."""
+    `min_confidence` get status "review" (they keep their prediction). With `numbers`, each
+    input is a field read as a number (a reading outside its length is "review" too)."""
     workers = workers or default_workers()
-    scoring = ScoringPool(bundle, workers, batch_size)
+    if numbers is not None:
+        batch_size = min(batch_size, FIELDS_PER_CHUNK)
+    scoring = ScoringPool(bundle, workers, batch_size, numbers)
     window_size = batch_size * scoring.workers
     stream = iter(inputs)
     in_flight: deque[tuple[list[Input], int, list]] = deque()  # (window, its cost, handle)
@@ -78,19 +89,22 @@ def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None
         in_flight.append(([without_data(item) for item in window], sum(costs), handle))
 
     try:
-        window, costs, more = next_window(stream, window_size)
+        window, costs, more = next_window(stream, window_size, numbers)
         start(window, costs, use_pool=more)  # a single window never pays for starting processes
         while in_flight:
             # Keep the workers a few windows ahead, so they never wait for this process, within
             # the byte budget of what is in flight.
             while more and len(in_flight) < WINDOWS_IN_FLIGHT and \
                     sum(cost for _, cost, _ in in_flight) < IN_FLIGHT_BYTES:
-                window, costs, more = next_window(stream, window_size)
+                window, costs, more = next_window(stream, window_size, numbers)
                 if window:
                     start(window, costs, use_pool=True)
             window, _, pending = in_flight.popleft()
-            yield from rows(window, scoring.collect(pending), keep_probabilities,
-                            min_confidence)
+            classified = scoring.collect(pending)
+            if numbers is None:
+                yield from rows(window, classified, keep_probabilities, min_confidence)
+            else:
+                yield from field_rows(window, classified, bundle.labels, min_confidence)
     finally:
         scoring.close()
 
@@ -133,3 +147,24 @@ def rows(window: list[Input], classified: Classified, keep_probabilities: bool,
         yield Row(printable(item.name), int(best[g]), conf, status, "", item.label,
                   probabilities[g] if keep_probabilities else None, classified.images[g])
         g += 1
+
+
+def field_rows(window: list[Input], classified: Classified, labels: list[str],
+               min_confidence: float | None) -> Iterator[Row]:
+    """Number mode: merge errors, blanks and readings back into input order. A reading below
+    `min_confidence`, outside the expected length, or of no digit at all is for review."""
+    reasons, readings = iter(classified.reasons), iter(classified.readings)
+    for item in window:
+        reason = next(reasons) if item.error is None else item.error or "cannot read"
+        label = item.label if isinstance(item.label, str) else None  # not a folder's digit
+        if reason:
+            status = STATUS_BLANK if reason == BLANK_REASON else STATUS_ERROR
+            yield Row(printable(item.name), None, None, status, reason, label)
+            continue
+        reading = next(readings)
+        problem = reading.problem or ("" if reading.digits else "no digit found")
+        low = min_confidence is not None and reading.confidence < min_confidence
+        status = STATUS_REVIEW if problem or low else STATUS_OK
+        text = "".join(labels[digit.value] for digit in reading.digits)
+        yield Row(printable(item.name), text, reading.confidence, status, problem, label,
+                  image=reading.thumb, reading=reading)

@@ -41,6 +41,8 @@ from scorer.images import (
     normalize_many,
 )
 from scorer.images.normalization import WORK_SIDE
+from scorer.numbers import FieldCut, Length, Reading, cut_field, read_cut
+from scorer.numbers.field import DECODE_SIDE
 from scorer.sources import Input, load
 
 CHUNK_BYTES = 16 * 2**20  # most input bytes + decoded bytes per worker task and group
@@ -56,25 +58,48 @@ def default_workers() -> int:
 
 
 Prepared = tuple[np.ndarray | None, str]  # a model input, or None and a one-line reason
+PreparedField = tuple[FieldCut | None, str]  # a field's candidates, or None and a reason
+
+
+class NumberMode(NamedTuple):
+    """Each image is one field holding one number (`--read number`), of `length` digits."""
+
+    length: Length | None = None
 
 
 def prepare(data: bytes, geometry: Geometry) -> Prepared:
     """Bytes -> (model input, "") or (None, one-line reason). Never raises for bad images."""
+    return _never_raising(normalize, data, geometry)
+
+
+def prepare_field(data: bytes, geometry: Geometry) -> PreparedField:
+    """Bytes of a field -> (its candidate digits, "") or (None, one-line reason)."""
+    return _never_raising(cut_field, data, geometry)
+
+
+def _never_raising(step: Callable, data: bytes, geometry: Geometry):
     try:
-        return normalize(data, geometry), ""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. Pillow's "Corrupt EXIF data"
+            return step(data, geometry), ""
     except ImageError as err:
         return None, str(err)
     except Exception as err:  # noqa: BLE001 (a hostile or odd file must not end the job)
         return None, f"cannot decode image: {type(err).__name__}: {' '.join(str(err).split())}"
 
 
-def input_cost(item: Input) -> int:
+def decode_side(numbers: NumberMode | None) -> int:
+    """The largest side images are decoded at: a field is read at up to 2,400 px wide."""
+    return WORK_SIDE if numbers is None else DECODE_SIDE
+
+
+def input_cost(item: Input, numbers: NumberMode | None = None) -> int:
     """Bytes an input takes in flight: its data plus what decoding it will allocate. A local
     file not read yet is a name until the process that scores it reads it, within its own
     budget (classify_chunk): it costs nothing here, and needs no stat per file."""
     if item.data is None:
         return 0
-    return len(item.data) + estimated_decoded_bytes(item.data, WORK_SIDE)
+    return len(item.data) + estimated_decoded_bytes(item.data, decode_side(numbers))
 
 
 class Classified(NamedTuple):
@@ -83,11 +108,13 @@ class Classified(NamedTuple):
 
     ``reasons``: one per input, "" where it was classified; ``images``: uint8 (g, h, w) model
     inputs and ``probabilities``: float32 (g, n_classes), for the g classified inputs in order.
+    In number mode the g inputs read are ``readings`` instead (images and probabilities empty).
     """
 
     reasons: list[str]
     images: np.ndarray
     probabilities: np.ndarray
+    readings: list[Reading] | None = None
 
     @staticmethod
     def of(reasons: list[str], geometry: Geometry, n_classes: int) -> Classified:
@@ -98,9 +125,50 @@ class Classified(NamedTuple):
     def join(parts: list[Classified]) -> Classified:
         if len(parts) == 1:
             return parts[0]
+        readings = None if parts[0].readings is None else \
+            [reading for part in parts for reading in part.readings]
         return Classified([r for part in parts for r in part.reasons],
                           np.concatenate([part.images for part in parts]),
-                          np.concatenate([part.probabilities for part in parts]))
+                          np.concatenate([part.probabilities for part in parts]), readings)
+
+
+def score_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
+                numbers: NumberMode | None, large: Callable | None = None) -> Classified:
+    """classify_chunk for digits, read_chunk for number fields (`large`: see there)."""
+    if numbers is None:
+        return classify_chunk(items, geometry, classifier, large)
+    return read_chunk(items, geometry, classifier, numbers, large)
+
+
+def read_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
+               numbers: NumberMode, cut_large: Callable[[bytes], PreparedField] | None = None
+               ) -> Classified:
+    """Read a chunk of number fields: cut each into candidate digits, classify every
+    candidate of the chunk in one model invocation, then choose each field's reading. Fields
+    are cut one at a time, so a chunk holds one decoded image at a time; a large one is cut by
+    `cut_large` (see classify_chunk)."""
+    cuts: list[FieldCut] = []
+    reasons: list[str] = []
+    for item in items:
+        item = load(item)
+        if item.error is not None:
+            reasons.append(item.error or "cannot read")
+            continue
+        large = estimated_decoded_bytes(item.data, DECODE_SIDE) > LARGE_DECODE_BYTES
+        cut, reason = cut_large(item.data) if large and cut_large else \
+            prepare_field(item.data, geometry)
+        reasons.append(reason)
+        if cut is not None:
+            cuts.append(cut)
+    images = [cut.found.images for cut in cuts]
+    probabilities = classifier.predict(np.concatenate(images)) if cuts else None
+    readings, start = [], 0
+    for cut in cuts:
+        stop = start + len(cut.found.images)
+        readings.append(read_cut(cut, probabilities[start:stop], numbers.length))
+        start = stop
+    return Classified(reasons, no_images(geometry), np.zeros((0, classifier.classes), np.float32),
+                      readings)
 
 
 def classify_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
@@ -163,22 +231,30 @@ def _normalise_group(group: list[tuple[int, bytes]], geometry: Geometry,
 _worker: dict = {}  # per worker process: its geometry, its own TFLite interpreter, the gate
 
 
-def _init_worker(model_content: bytes, geometry: Geometry, large_decode_gate) -> None:
+def _init_worker(model_content: bytes, geometry: Geometry, large_decode_gate,
+                 numbers: NumberMode | None) -> None:
     # Forked from the CLI, a worker inherits its SIGTERM handler; the pool's owner decides.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _worker["geometry"] = geometry
+    _worker["numbers"] = numbers
     _worker["classifier"] = Classifier(model_content, num_threads=1)
     _worker["gate"] = large_decode_gate
 
 
 def _classify_in_worker(items: list[Input]) -> Classified:
-    return classify_chunk(items, _worker["geometry"], _worker["classifier"],
-                          _normalise_large_in_worker)
+    return score_chunk(items, _worker["geometry"], _worker["classifier"], _worker["numbers"],
+                       _normalise_large_in_worker)
 
 
-def _normalise_large_in_worker(data: bytes) -> Prepared:
+def _normalise_large_in_worker(data: bytes) -> Prepared | PreparedField:
     with _worker["gate"]:  # one large image at a time across all workers
-        return normalise_one(data, _worker["geometry"])
+        return prepare_large(data, _worker["geometry"], _worker["numbers"])
+
+
+def prepare_large(data: bytes, geometry: Geometry, numbers: NumberMode | None
+                  ) -> Prepared | PreparedField:
+    """A large image, alone: normalised (digits) or cut into candidates (number fields)."""
+    return normalise_one(data, geometry) if numbers is None else prepare_field(data, geometry)
 
 
 class Part:
@@ -212,7 +288,9 @@ class ScoringPool:
     # never waits while this process scores a part or writes rows
     POLL_SECONDS = 0.5  # how often a wait checks that the workers are alive
 
-    def __init__(self, bundle: Bundle, workers: int, batch_size: int):
+    def __init__(self, bundle: Bundle, workers: int, batch_size: int,
+                 numbers: NumberMode | None = None):
+        self.numbers = numbers
         self.geometry = bundle.geometry
         self.n_classes = len(bundle.labels)
         self.model_content = bundle.model_bytes()
@@ -240,7 +318,8 @@ class ScoringPool:
             return parts
         items = [item for item, _ in payload]
         self.parts_here += 1
-        return [Part(items, classify_chunk(items, self.geometry, self._classifier()))]
+        return [Part(items, score_chunk(items, self.geometry, self._classifier(),
+                                        self.numbers))]
 
     def collect(self, parts: list[Part]) -> Classified:
         """The parts' results in order. Instead of waiting for the pool, score the oldest
@@ -256,8 +335,7 @@ class ScoringPool:
                 elif not self._wait_for_any_given():  # a worker died: its pool is broken
                     part.result = self._result_of(part)
         results = [part.result for part in parts]
-        return Classified.join(results) if results else \
-            Classified.of([], self.geometry, self.n_classes)
+        return Classified.join(results) if results else self._nothing([])
 
     def _feed_pool(self) -> None:
         """Keep PARTS_PER_WORKER parts per worker in the pool, oldest first."""
@@ -270,9 +348,14 @@ class ScoringPool:
                 self.generation
             self.given.append(part)
 
+    def _nothing(self, reasons: list[str]) -> Classified:
+        """The result of inputs that were all refused, for these reasons."""
+        empty = Classified.of(reasons, self.geometry, self.n_classes)
+        return empty if self.numbers is None else empty._replace(readings=[])
+
     def _score_here(self, part: Part) -> None:
-        part.result = classify_chunk(part.chunk, self.geometry, self._classifier(),
-                                     self._normalise_large_in_pool)
+        part.result = score_chunk(part.chunk, self.geometry, self._classifier(), self.numbers,
+                                  self._normalise_large_in_pool)
         self.parts_here += 1
 
     def _wait_for_any_given(self) -> bool:
@@ -307,18 +390,17 @@ class ScoringPool:
         """Run one input of a lost chunk in a task of its own: if its worker dies again, the
         input is the cause and becomes an error row."""
         if not self._start_pool():
-            return classify_chunk([item], self.geometry, self._classifier())
+            return score_chunk([item], self.geometry, self._classifier(), self.numbers)
         result = self._in_own_task(_classify_in_worker, [item])
-        return Classified.of([WORKER_DIED], self.geometry, self.n_classes) if result is None \
-            else result
+        return self._nothing([WORKER_DIED]) if result is None else result
 
-    def _normalise_large_in_pool(self, data: bytes) -> Prepared:
+    def _normalise_large_in_pool(self, data: bytes) -> Prepared | PreparedField:
         """A large image met in a part scored here goes to a worker: decoding it is what may
         exhaust memory, and a worker that dies is replaced. Killed twice, it is an error."""
         self.large_images_sent += 1
         for _ in range(2):
             if not self._start_pool():
-                return normalise_one(data, self.geometry)
+                return prepare_large(data, self.geometry, self.numbers)
             result = self._in_own_task(_normalise_large_in_worker, data)
             if result is not None:
                 return result
@@ -380,7 +462,7 @@ class ScoringPool:
                 self.executor = ProcessPoolExecutor(self.workers - 1, mp_context=context,
                                                     initializer=_init_worker,
                                                     initargs=(self.model_content, self.geometry,
-                                                              context.Lock()))
+                                                              context.Lock(), self.numbers))
             except OSError:  # no /dev/shm (AWS Lambda): work in this process
                 self.workers = 1
                 return False

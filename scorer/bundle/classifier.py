@@ -34,9 +34,14 @@ class Classifier:
         self.output = self.interpreter.get_output_details()[0]
         self.batch_size = 0
 
+    @property
+    def classes(self) -> int:
+        """How many classes the model tells apart (its output's last dimension)."""
+        return int(self.output["shape"][-1])
+
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         if len(pixels) == 0:
-            return np.zeros((0, int(self.output["shape"][-1])), np.float32)
+            return np.zeros((0, self.classes), np.float32)
         self._resize(len(pixels))
         self.interpreter.set_tensor(self.input["index"], self._quantize(pixels))
         self.interpreter.invoke()

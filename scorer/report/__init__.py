@@ -1,6 +1,6 @@
 """Evaluation reports: metrics, scikit-learn-compatible text, CSV, JSON and a static HTML page.
 
-``metrics`` (numbers and text), ``coverage`` (accuracy against coverage by confidence),
+``metrics`` (numbers and text), ``coverage`` (accuracy against coverage by confidence), ``fields`` (number fields),
 ``examples`` (which images to show), ``page`` (report.html),
 ``build`` (every file in memory; the caller writes them to a folder or to S3).
 """
@@ -8,6 +8,7 @@
 from scorer.report.build import report_files
 from scorer.report.coverage import coverage, coverage_curve, coverage_table
 from scorer.report.examples import DEFAULT_K, Example, ExampleCollector
+from scorer.report.fields import edit_distance, field_metrics
 from scorer.report.metrics import (
     classification_report_text,
     compute_metrics,
@@ -24,6 +25,8 @@ __all__ = [
     "coverage",
     "coverage_curve",
     "coverage_table",
+    "edit_distance",
+    "field_metrics",
     "confusion_matrix",
     "confusion_matrix_csv",
     "report_files",

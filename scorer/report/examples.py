@@ -31,14 +31,20 @@ class Example:
     confidence : float
         Probability of the predicted class, in [0, 1].
     image : ndarray of uint8, shape (h, w)
-        The model's input (light ink on dark), shown as a thumbnail.
+        The model's input (light ink on dark), shown as a thumbnail; for a number field, the
+        field itself (straightened, light ink on dark).
+    cuts : tuple of (x0, x1) pairs
+        For a number field: each digit's columns in ``image``, drawn as boxes. Empty for digits.
+
+    For a number field ``label`` and ``prediction`` are digit strings.
     """
 
     source: str
-    label: int | None
-    prediction: int
+    label: int | str | None
+    prediction: int | str
     confidence: float
     image: np.ndarray
+    cuts: tuple = ()
 
     @property
     def is_error(self) -> bool:

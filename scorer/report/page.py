@@ -55,6 +55,8 @@ th, td { padding: 4px 10px; }
 .legend { color: #59636e; font-size: 12px; margin-top: 8px; }
 .sw { display: inline-block; width: 12px; height: 12px; vertical-align: -2px; border-radius: 2px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(176px, 1fr)); gap: 10px; }
+.grid.fields { grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); }
+.grid.fields img { max-width: 100%; height: auto; }
 figure { margin: 0; padding: 8px; border: 1px solid #d0d7de; border-radius: 6px;
          text-align: center; background: #fff; }
 figure.err { border-color: hsl(var(--err), 60%); background: hsl(var(--err), 97%); }
@@ -72,6 +74,19 @@ figcaption { font-size: 12px; margin-top: 4px; }
 """
 
 
+def field_thumbnail(image: np.ndarray, cuts: tuple) -> np.ndarray:
+    """A field's grey thumbnail -> RGB uint8 with a box around each digit read, alternating two
+    colours so that neighbouring digits stand apart."""
+    rgb = np.repeat(np.asarray(image, np.uint8)[..., None], 3, axis=2)
+    h, w = rgb.shape[:2]
+    for k, (x0, x1) in enumerate(cuts):
+        colour = (255, 170, 0) if k % 2 == 0 else (0, 190, 255)
+        x0, x1 = max(0, min(int(x0), w - 1)), max(0, min(int(x1) - 1, w - 1))
+        rgb[[0, h - 1], x0 : x1 + 1] = colour
+        rgb[:, [x0, x1]] = colour
+    return rgb
+
+
 def thumbnail_data_uri(image: np.ndarray) -> str:
     """PNG ``data:`` URI of an image scaled up (nearest neighbour) to about THUMB_PX pixels.
 
@@ -83,12 +98,14 @@ def thumbnail_data_uri(image: np.ndarray) -> str:
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim != 2 or 0 in arr.shape:
-        raise ValueError(f"expected a 2-D image, got shape {arr.shape}")
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)) or 0 in arr.shape:
+        raise ValueError(f"expected a 2-D grey or RGB image, got shape {arr.shape}")
     if arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
-    # Integer factor so every source pixel becomes an equal square block (28 -> 56, 8 -> 64).
-    scale = max(1, THUMB_PX // max(arr.shape))
+    # Integer factor so every source pixel becomes an equal square block (28 -> 56, 8 -> 64);
+    # a wide field is scaled by its height.
+    scale = max(1, THUMB_PX // max(arr.shape[:2]) if arr.shape[1] <= 2 * arr.shape[0]
+                else THUMB_PX // arr.shape[0])
     img = Image.fromarray(np.ascontiguousarray(arr))
     img = img.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
@@ -207,7 +224,9 @@ def _kv_table(run: dict) -> str:
 
 
 def _caption(ex: Example, labels: list[str]) -> str:
-    def name(i: int) -> str:
+    def name(i: int | str) -> str:
+        if isinstance(i, str):  # a number field's digit string
+            return i or "(no digit)"
         return labels[i] if 0 <= i < len(labels) else str(i)
 
     guess = f"predicted {name(ex.prediction)}"
@@ -218,6 +237,7 @@ def _caption(ex: Example, labels: list[str]) -> str:
 def _grid(examples: list[Example], labels: list[str], empty: str) -> str:
     if not examples:
         return f'<p class="muted">{escape(empty)}</p>'
+    wide = any(ex.cuts or ex.image.shape[1] > 2 * ex.image.shape[0] for ex in examples)
     figs = []
     for ex in examples:
         src = escape(ex.source, quote=True)
@@ -225,25 +245,33 @@ def _grid(examples: list[Example], labels: list[str], empty: str) -> str:
         tail = ex.source if len(ex.source) <= _SRC_CHARS else "…" + ex.source[-_SRC_CHARS + 1 :]
         cls = ' class="err"' if ex.is_error else ""
         caption = escape(_caption(ex, labels))
-        uri = thumbnail_data_uri(ex.image)
+        uri = thumbnail_data_uri(field_thumbnail(ex.image, ex.cuts) if ex.cuts else ex.image)
         figs.append(
             f'<figure{cls}><div class="thumb"><img alt="{caption}" src="{uri}"></div>'
             f'<figcaption>{caption}<span class="src" title="{src}">{escape(tail)}</span>'
             "</figcaption></figure>"
         )
-    return f'<div class="grid">{"".join(figs)}</div>'
+    return f'<div class="grid{" fields" if wide else ""}">{"".join(figs)}</div>'
 
 
 def render_html(
-    metrics: dict,
+    metrics: dict | None,
     *,
     title: str,
     misclassified: list[Example],
     least_confident: list[Example],
     run: dict,
     coverage: dict | None = None,
+    fields: dict | None = None,
 ) -> str:
-    """The whole page as a str (metrics as returned by :func:`scorer.report.compute_metrics`)."""
+    """The whole page as a str (metrics as returned by :func:`scorer.report.compute_metrics`).
+    With ``fields`` (:func:`scorer.report.fields.field_metrics`), a number-field report: its
+    cards and per-length table, and ``metrics`` are those of the digits of the fields read with
+    the right number of digits (None if there are none)."""
+    if fields is not None:
+        return _page(title, _field_cards(fields), run, _field_body(fields, metrics, coverage,
+                                                                   misclassified,
+                                                                   least_confident))
     labels = metrics["labels"]
     n, acc = metrics["samples"], metrics["accuracy"]
     wrong = n - int(np.trace(np.asarray(metrics["confusion_matrix"]).reshape(len(labels), -1)))
@@ -253,6 +281,50 @@ def render_html(
         ("macro F1", f"{metrics['macro avg']['f1-score']:.4f}"),
         ("misclassified", f"{wrong:,}"),
     ]
+    body = f"""<h2>Confusion matrix</h2>
+<section>{_confusion_table(metrics)}</section>
+<h2>Per-class metrics</h2>
+<section>{_metrics_table(metrics)}</section>
+{_coverage_section(coverage)}
+<h2>Misclassified <span class="muted">({len(misclassified)} of {wrong:,} shown)</span></h2>
+<section>{_grid(misclassified, labels, "No misclassified examples.")}</section>
+<h2>Least confident <span class="muted">({len(least_confident)} lowest-confidence
+ predictions)</span></h2>
+<section>{_grid(least_confident, labels, "No examples.")}</section>"""
+    return _page(title, cards, run, body)
+
+
+def _field_cards(fields: dict) -> list[tuple[str, str]]:
+    return [("labelled fields", f"{fields['fields']:,}"),
+            ("exact match", f"{fields['exact_match']:.2%}"),
+            ("digit accuracy", f"{fields['digit_accuracy']:.2%}"),
+            ("wrong length", f"{fields['wrong_length']:.2%}")]
+
+
+def _field_body(fields: dict, metrics: dict | None, coverage: dict | None,
+                misread: list[Example], least_confident: list[Example]) -> str:
+    rows = "".join(f"<tr><td>{escape(length)}</td><td>{e['fields']}</td>"
+                   f"<td>{e['exact_match']:.2%}</td><td>{e['wrong_length']:.2%}</td></tr>"
+                   for length, e in fields["by_length"].items())
+    by_length = ('<table class="metrics"><tr><th>digits</th><th>fields</th><th>exact</th>'
+                 f"<th>wrong length</th></tr>{rows}</table>")
+    digits = "" if metrics is None else f"""<h2>Digits of the fields read with the right
+ number of digits</h2>
+<section>{_confusion_table(metrics)}{_metrics_table(metrics)}</section>"""
+    wrong = fields["fields"] - round(fields["exact_match"] * fields["fields"])
+    return f"""<h2>By number of digits</h2>
+<section>{by_length}</section>
+{digits}
+{_coverage_section(coverage)}
+<h2>Misread fields <span class="muted">({len(misread)} of {wrong:,} shown; boxes: where the
+ reader cut)</span></h2>
+<section>{_grid(misread, [], "No misread fields.")}</section>
+<h2>Least confident <span class="muted">({len(least_confident)} lowest-confidence
+ readings)</span></h2>
+<section>{_grid(least_confident, [], "No examples.")}</section>"""
+
+
+def _page(title: str, cards: list[tuple[str, str]], run: dict, body: str) -> str:
     card_html = "".join(f'<div class="card"><span>{k}</span><b>{v}</b></div>' for k, v in cards)
     run_html = f"<h2>Run</h2><section>{_kv_table(run)}</section>" if run else ""
     return f"""<!DOCTYPE html>
@@ -270,16 +342,7 @@ def render_html(
 <h1>{escape(title)}</h1>
 <div class="cards">{card_html}</div>
 {run_html}
-<h2>Confusion matrix</h2>
-<section>{_confusion_table(metrics)}</section>
-<h2>Per-class metrics</h2>
-<section>{_metrics_table(metrics)}</section>
-{_coverage_section(coverage)}
-<h2>Misclassified <span class="muted">({len(misclassified)} of {wrong:,} shown)</span></h2>
-<section>{_grid(misclassified, labels, "No misclassified examples.")}</section>
-<h2>Least confident <span class="muted">({len(least_confident)} lowest-confidence
- predictions)</span></h2>
-<section>{_grid(least_confident, labels, "No examples.")}</section>
+{body}
 </main>
 </body>
 </html>

@@ -25,7 +25,12 @@ from scorer.sources.base import (
     SourceStats,
     extension,
 )
-from scorer.sources.labels import LabelMatcher, LabelsError, read_labels_csv
+from scorer.sources.labels import (
+    LabelMatcher,
+    LabelsError,
+    read_labels_csv,
+    read_number_labels_csv,
+)
 from scorer.sources.local import load
 from scorer.sources.s3 import iter_listed, iter_s3_object
 from scorer.sources.specs import check_specs, iter_inputs
@@ -45,4 +50,5 @@ __all__ = [
     "iter_s3_object",
     "load",
     "read_labels_csv",
+    "read_number_labels_csv",
 ]

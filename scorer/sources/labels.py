@@ -19,18 +19,39 @@ class LabelsError(SourceError):
 def read_labels_csv(path: str, classes: list[str]) -> dict[str, int]:
     """`source,label` rows -> {source: class index}. Raises LabelsError for a bad file."""
     index = {name: i for i, name in enumerate(classes)}
-    labels: dict[str, int] = {}
+
+    def parse(label: str, line: int) -> int:
+        if label not in index:
+            raise LabelsError(f"line {line}: label {label!r} is not one of {', '.join(classes)}")
+        return index[label]
+
+    return _read(path, parse)
+
+
+def read_number_labels_csv(path: str, classes: list[str]) -> dict[str, str]:
+    """Number mode: `source,label` rows -> {source: digit string}, read as text so that leading
+    zeros stay ("00712"). Raises LabelsError for a bad file or a label that is not a string of
+    class names."""
+    names = set(classes)
+
+    def parse(label: str, line: int) -> str:
+        if not label or not set(label) <= names:
+            raise LabelsError(f"line {line}: label {label!r} is not a string of digits "
+                              f"({''.join(classes)})")
+        return label
+
+    return _read(path, parse)
+
+
+def _read(path: str, parse) -> dict:
+    labels: dict = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"source", "label"} <= set(reader.fieldnames):
                 raise LabelsError("needs a header with 'source' and 'label' columns")
             for line, entry in enumerate(reader, start=2):
-                label = (entry["label"] or "").strip()
-                if label not in index:
-                    raise LabelsError(f"line {line}: label {label!r} is not one of "
-                                      f"{', '.join(classes)}")
-                labels[entry["source"]] = index[label]
+                labels[entry["source"]] = parse((entry["label"] or "").strip(), line)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise LabelsError(str(err)) from err
     return labels
@@ -39,7 +60,7 @@ def read_labels_csv(path: str, classes: list[str]) -> dict[str, int]:
 class LabelMatcher:
     """Applies {source: class index} to a stream of inputs and counts what matched nothing."""
 
-    def __init__(self, labels: dict[str, int]):
+    def __init__(self, labels: dict[str, int] | dict[str, str]):
         self.labels = labels
         self.matched: set[str] = set()
 

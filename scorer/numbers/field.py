@@ -1,0 +1,111 @@
+"""Bytes of one field -> a straightened greyscale field with light ink on dark, and its ink.
+
+The field is brought to a working height first (small fields are enlarged, so that thin strokes
+survive line removal; tall ones reduced, so that work stays bounded), then the single-digit
+normaliser's own steps set polarity, flatten the lighting and stretch the contrast. A field
+written or scanned at a slight angle is straightened (form lines and baselines then run along
+pixel rows, which line removal needs).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from scorer.images.decoding import open_image, to_grey
+from scorer.images.steps import (
+    border_level,
+    flatten_background,
+    ink_is_dark,
+    stretch_contrast,
+)
+
+WORK_HEIGHT = (64, 100)  # fields are scaled into this height range (px) before any other step
+MAX_WORK_WIDTH = 2400  # and never wider than this: a 2,000 px field is read at full size
+DECODE_SIDE = 2 * MAX_WORK_WIDTH  # JPEG draft / integer reduction target while decoding
+MAX_SKEW_DEGREES = 6.0
+SKEW_STEP = 0.25
+MIN_SKEW_DEGREES = 0.5  # smaller angles are left alone: resampling would cost more than it gains
+INK_LEVEL = 64.0  # a blurred, stretched pixel above this is ink
+STRONG_INK = 128.0  # every piece of ink must reach this somewhere (faint smudges do not)
+
+
+class Field(NamedTuple):
+    """grey: float32 (h, w) in [0, 255], light ink on dark, straightened; ink: bool (h, w);
+    scale: work px per original px; angle: degrees the field was turned to straighten it."""
+
+    grey: np.ndarray
+    ink: np.ndarray
+    scale: float
+    angle: float
+
+
+def load_field(data: bytes) -> Field:
+    """Bytes -> Field. Raises ImageError (unreadable) or BlankImageError (no ink)."""
+    grey = to_grey(open_image(data, DECODE_SIDE))
+    grey, scale = to_work_size(grey)
+    background = border_level(grey)
+    dark = ink_is_dark(grey, background)
+    if dark:
+        grey, background = 255.0 - grey, 255.0 - background
+    grey = stretch_contrast(flatten_background(grey, paper=dark, background=background))
+    grey, angle = straighten(grey)
+    return Field(grey, ink_mask(grey), scale, angle)
+
+
+def to_work_size(grey: np.ndarray) -> tuple[np.ndarray, float]:
+    """float32 (H, W) -> (resized float32, scale): height within WORK_HEIGHT, width capped."""
+    h, w = grey.shape
+    low, high = WORK_HEIGHT
+    scale = low / h if h < low else high / h if h > high else 1.0
+    scale = min(scale, MAX_WORK_WIDTH / w)
+    if abs(scale - 1.0) < 0.02:
+        return grey, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    method = Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(grey).resize(size, method), np.float32), scale
+
+
+def blur(grey: np.ndarray) -> np.ndarray:
+    """float32 (H, W) -> same; binomial [1, 2, 1]/4 blur in both directions."""
+    p = np.pad(grey, 1, mode="edge")
+    rows = 0.25 * p[:-2] + 0.5 * p[1:-1] + 0.25 * p[2:]
+    return 0.25 * rows[:, :-2] + 0.5 * rows[:, 1:-1] + 0.25 * rows[:, 2:]
+
+
+def ink_mask(grey: np.ndarray) -> np.ndarray:
+    """Stretched float32 (H, W) -> bool ink. A light blur first bridges the grain of pencil and
+    the breaks of thin strokes."""
+    return blur(grey) > INK_LEVEL
+
+
+def skew_angle(ink: np.ndarray) -> float:
+    """The angle (degrees) that makes rows of bool (H, W) ink most uneven: form lines and
+    baselines then lie along rows. Searched coarse to fine on the ink's coordinates."""
+    ys, xs = np.nonzero(ink)
+    if ys.size < 50:
+        return 0.0
+    xs = xs - xs.mean()
+
+    def sharpness(angle: float) -> float:
+        shifted = np.round(ys + xs * np.tan(np.radians(angle))).astype(np.int64)
+        counts = np.bincount(shifted - shifted.min())
+        return float(counts.astype(np.float64) @ counts)
+
+    coarse = np.arange(-MAX_SKEW_DEGREES, MAX_SKEW_DEGREES + 1e-9, 1.0)
+    best = max(coarse, key=sharpness)
+    fine = np.arange(best - 1.0, best + 1.0 + 1e-9, SKEW_STEP)
+    best = max(fine, key=sharpness)
+    return float(best) if sharpness(best) > 1.05 * sharpness(0.0) else 0.0
+
+
+def straighten(grey: np.ndarray) -> tuple[np.ndarray, float]:
+    """Light-ink float32 (H, W) -> (straightened copy, angle turned in degrees)."""
+    angle = skew_angle(ink_mask(grey))
+    if abs(angle) < MIN_SKEW_DEGREES:
+        return grey, 0.0
+    turned = Image.fromarray(grey).rotate(-angle, Image.Resampling.BILINEAR, expand=True,
+                                          fillcolor=0.0)
+    return np.asarray(turned, np.float32), angle

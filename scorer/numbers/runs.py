@@ -1,0 +1,52 @@
+"""Runs of ink along rows (or columns) of a bool image, vectorised: the building block of line
+finding and of connected components (numpy only: SciPy is too heavy for the scorer)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def row_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """bool (H, W) -> (row, start, stop) int arrays of every horizontal run, row-major order;
+    stop is exclusive."""
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    _, stops = np.nonzero(edges == -1)
+    return rows, starts, stops
+
+
+def paint_runs(shape: tuple[int, int], rows: np.ndarray, starts: np.ndarray,
+               stops: np.ndarray) -> np.ndarray:
+    """The inverse of row_runs: bool (H, W) with the given runs set."""
+    h, w = shape
+    delta = np.zeros((h, w + 1), np.int32)
+    np.add.at(delta, (rows, starts), 1)
+    np.add.at(delta, (rows, stops), -1)
+    return np.cumsum(delta, axis=1)[:, :w] > 0
+
+
+def long_runs(mask: np.ndarray, least: int) -> np.ndarray:
+    """bool (H, W) -> bool: the pixels of horizontal runs at least `least` long."""
+    rows, starts, stops = row_runs(mask)
+    keep = stops - starts >= least
+    return paint_runs(mask.shape, rows[keep], starts[keep], stops[keep])
+
+
+def close_gaps(mask: np.ndarray, gap: int) -> np.ndarray:
+    """bool (H, W) -> bool with horizontal gaps of at most `gap` px between ink filled in (so a
+    dashed or dotted line becomes one run)."""
+    h, w = mask.shape
+    x = np.arange(w)
+    last = np.maximum.accumulate(np.where(mask, x, -(w + gap + 2)), axis=1)
+    after = np.minimum.accumulate(np.where(mask, x, 2 * w + gap + 2)[:, ::-1], axis=1)[:, ::-1]
+    return mask | (after - last <= gap + 1)
+
+
+def bands(flags: np.ndarray) -> list[tuple[int, int]]:
+    """bool (n,) -> [(start, stop)] of its runs of True."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(),
+                    strict=True))

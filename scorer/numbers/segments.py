@@ -1,0 +1,231 @@
+"""A field's ink -> atoms (whole pieces, or slices of wide pieces at candidate cuts) and the
+candidate digits (runs of consecutive atoms) the classifier will score.
+
+Over-segment, then let recognition choose: a wide piece (touching digits) is sliced at the
+thinnest columns of its ink, broken digits are separate pieces, and every run of up to
+MAX_ATOMS neighbouring atoms that could be one digit becomes a candidate. Each candidate is
+normalised exactly as a single-digit image is (crop, thicken, 20 px box, centre of mass), so
+the bundle sees what it was trained on.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from scorer.images.geometry import Geometry
+from scorer.images.normalization import fit_digit
+from scorer.images.steps import place
+from scorer.numbers.components import Piece, merge
+
+MAX_ATOMS = 4  # most atoms in one candidate digit
+SPECK = 0.2  # pieces smaller than this many text heights both ways are dust, dots, commas
+SMALL = 0.5  # pieces shorter than this many text heights are marks or parts of a digit
+WIDE = 0.7  # pieces wider than this many text heights may hold several digits: cut them
+MAX_WIDTH = 1.6  # no candidate digit is wider than this many text heights
+MAX_GAP = 0.35  # pieces further apart than this many text heights are not one digit
+CUT_MARGIN = 0.1  # cuts stay this many text heights from a piece's sides, twice from another
+
+
+class Atom(NamedTuple):
+    """A whole piece (cut=False) or a slice of one between two cuts."""
+
+    piece: int
+    x0: int  # field columns, stop exclusive
+    x1: int
+    y0: int
+    y1: int
+    mask: np.ndarray  # bool (y1 - y0, x1 - x0)
+    cut_before: float  # cost of the cut at x0 (0 when x0 is the piece's own edge)
+
+
+class Candidates(NamedTuple):
+    """What the classifier scores and the decoder chooses from.
+
+    spans: (n, 2) int atom ranges [i, j) of the candidates; images: uint8 (n, h, w) model
+    inputs; penalties: float (n,) shape costs; skip: float (atoms,) cost of reading an atom
+    as no digit (inf for ink that must belong to a digit); atoms' x ranges: int (atoms, 2)."""
+
+    spans: np.ndarray
+    images: np.ndarray
+    penalties: np.ndarray
+    skip: np.ndarray
+    atom_x: np.ndarray
+
+
+def text_height(found: list[Piece]) -> float:
+    """The height of the digits: the median height of the pieces at least half as tall as the
+    tallest."""
+    tallest = max(p.height for p in found)
+    return float(np.median([p.height for p in found if p.height >= 0.5 * tallest]))
+
+
+def tidy(found: list[Piece], height: float) -> list[Piece]:
+    """Drop dust; join a small piece to the piece it sits on or under (the detached bar of a 5,
+    a broken stroke) and pieces that overlap mostly (one digit broken in two)."""
+    found = [p for p in found if max(p.height, p.width) >= SPECK * height]
+    joined = True
+    while joined:
+        joined = False
+        for i, a in enumerate(found):
+            j = _partner(found, i, height)
+            if j is not None:
+                found[min(i, j)] = merge(a, found[j])
+                del found[max(i, j)]
+                joined = True
+                break
+    return sorted(found, key=lambda p: p.centre_x)
+
+
+def _partner(found: list[Piece], i: int, height: float) -> int | None:
+    a = found[i]
+    best, best_overlap = None, 0.0
+    for j, b in enumerate(found):
+        if j == i:
+            continue
+        overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
+        if overlap <= 0 or max(a.x1, b.x1) - min(a.x0, b.x0) > 1.1 * height:
+            continue
+        narrow = min(a.width, b.width)
+        gap = max(a.y0, b.y0) - min(a.y1, b.y1)
+        small = a.height < SMALL * height and gap <= MAX_GAP * height
+        part = min(a.height, b.height) < 0.8 * height and overlap >= 0.8 * narrow
+        if (small and overlap >= 0.5 * a.width) or part:
+            if overlap / max(narrow, 1) > best_overlap:
+                best, best_overlap = j, overlap / max(narrow, 1)
+    return best
+
+
+def atoms_of(found: list[Piece], height: float) -> list[Atom]:
+    """Pieces -> atoms, left to right: wide pieces sliced at their candidate cuts."""
+    atoms: list[Atom] = []
+    for index, piece in enumerate(found):
+        edges = [0, *cuts(piece, height), piece.width]
+        columns = piece.mask.sum(0)
+        for k, (c0, c1) in enumerate(zip(edges, edges[1:], strict=False)):
+            mask = piece.mask[:, c0:c1]
+            rows = np.flatnonzero(mask.any(1))
+            if rows.size == 0:
+                continue
+            cost = 0.0 if k == 0 else cut_cost(columns, c0, height)
+            atoms.append(Atom(index, piece.x0 + c0, piece.x0 + c1, piece.y0 + int(rows[0]),
+                              piece.y0 + int(rows[-1]) + 1, mask[rows[0] : rows[-1] + 1], cost))
+    return atoms
+
+
+def cuts(piece: Piece, height: float) -> list[int]:
+    """Candidate cut columns of a wide piece: the local minima of its column ink counts, the
+    thinnest first, kept apart by CUT_MARGIN text heights."""
+    if piece.width <= WIDE * height:
+        return []
+    columns = piece.mask.sum(0).astype(float)
+    smooth = np.convolve(np.pad(columns, 1, mode="edge"), [0.25, 0.5, 0.25], "valid")
+    margin = max(2, round(CUT_MARGIN * height))
+    inner = np.arange(margin, piece.width - margin)
+    if inner.size == 0:
+        return []
+    left, right = smooth[inner - 1], smooth[np.minimum(inner + 1, piece.width - 1)]
+    minima = inner[(smooth[inner] <= left) & (smooth[inner] <= right)]
+    most = int(np.ceil(piece.width / (0.3 * height)))
+    chosen: list[int] = []
+    for x in sorted(minima.tolist(), key=lambda x: (smooth[x], x)):
+        if all(abs(x - c) >= 2 * margin for c in chosen):
+            chosen.append(x)
+        if len(chosen) >= most:
+            break
+    return sorted(chosen)
+
+
+def cut_cost(columns: np.ndarray, x: int, height: float) -> float:
+    """Cutting through more ink costs more: about 0.5 for a touch, 1.5 across a stroke."""
+    return 0.3 + 2.5 * float(columns[max(0, x - 1) : x + 1].mean()) / height
+
+
+def candidates(grey: np.ndarray, atoms: list[Atom], found: list[Piece], height: float,
+               geometry: Geometry) -> Candidates:
+    """Every run of neighbouring atoms that could be one digit, normalised for the model."""
+    band = _text_band(found, height)
+    spans, images, penalties = [], [], []
+    for i in range(len(atoms)):
+        for j in range(i + 1, min(i + MAX_ATOMS, len(atoms)) + 1):
+            group = atoms[i:j]
+            penalty = _shape_cost(atoms, i, j, height)
+            if penalty is None:
+                break
+            spans.append((i, j))
+            images.append(_model_input(grey, group, geometry))
+            penalties.append(penalty)
+    skip = np.array([_skip_cost(a, atoms, found, height, band) for a in atoms])
+    return Candidates(np.array(spans, int).reshape(-1, 2),
+                      np.stack(images) if images else
+                      np.zeros((0, geometry.height, geometry.width), np.uint8),
+                      np.array(penalties, float), skip,
+                      np.array([(a.x0, a.x1) for a in atoms], int).reshape(-1, 2))
+
+
+def _shape_cost(atoms: list[Atom], i: int, j: int, height: float) -> float | None:
+    """The cost of atoms[i:j] as one digit, or None if they cannot be one (nor can any longer
+    run from the same start). Joining separate pieces costs more the taller they are; a wide
+    candidate likely holds two digits; a narrow slice next to a cut is likely a digit's part."""
+    group = atoms[i:j]
+    x0, x1 = min(a.x0 for a in group), max(a.x1 for a in group)
+    y0, y1 = min(a.y0 for a in group), max(a.y1 for a in group)
+    if len(group) > 1 and x1 - x0 > MAX_WIDTH * height:
+        return None
+    cost = group[0].cut_before
+    for a, b in zip(group, group[1:], strict=False):
+        if a.piece != b.piece:  # joining two pieces: a broken digit, if close enough
+            if b.x0 - max(g.x1 for g in group if g.x0 <= a.x0) > MAX_GAP * height:
+                return None
+            shorter = min(_tall(a), _tall(b)) / height
+            cost += 0.3 if shorter < SMALL else 1.2 if shorter < 0.8 else 3.0
+    sliced = group[0].cut_before > 0 or (j < len(atoms) and atoms[j].piece == group[-1].piece)
+    width, tall = (x1 - x0) / height, (y1 - y0) / height
+    cost += 4.0 * max(0.0, width - 0.9) + 4.0 * max(0.0, 0.6 - tall)
+    return cost + (1.5 if sliced and width < 0.35 else 0.0)
+
+
+def _tall(atom: Atom) -> int:
+    return atom.y1 - atom.y0
+
+
+def _text_band(found: list[Piece], height: float) -> tuple[float, float]:
+    tall = [p for p in found if p.height >= 0.5 * height]
+    return float(np.median([p.y0 for p in tall])), float(np.median([p.y1 for p in tall]))
+
+
+def _skip_cost(atom: Atom, atoms: list[Atom], found: list[Piece], height: float,
+               band: tuple[float, float]) -> float:
+    """Reading an atom as no digit: cheap for a small mark (comma, dash, dot), possible for a
+    tall sign that reaches above and below the digits ($), impossible for a slice or a digit."""
+    piece = found[atom.piece]
+    if sum(a.piece == atom.piece for a in atoms) > 1:
+        return np.inf
+    if piece.height < SMALL * height:
+        return 0.1
+    top, bottom = band
+    if piece.y0 < top - 0.12 * height and piece.y1 > bottom + 0.12 * height:
+        return 1.5
+    return np.inf
+
+
+def _model_input(grey: np.ndarray, group: list[Atom], geometry: Geometry) -> np.ndarray:
+    """The group's own ink (not its neighbours'), normalised as a single digit is."""
+    x0, x1 = min(a.x0 for a in group), max(a.x1 for a in group)
+    y0, y1 = min(a.y0 for a in group), max(a.y1 for a in group)
+    mask = np.zeros((y1 - y0, x1 - x0), bool)
+    for a in group:
+        mask[a.y0 - y0 : a.y1 - y0, a.x0 - x0 : a.x1 - x0] |= a.mask
+    crop = grey[y0:y1, x0:x1] * _grow(mask)
+    return place(fit_digit(crop, max(crop.shape), geometry), geometry)
+
+
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """bool (h, w) grown by a pixel each way: keeps the antialiased rim of the strokes."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= out[:, :-1].copy()
+    out[:, :-1] |= out[:, 1:].copy()
+    return out
