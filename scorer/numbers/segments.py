@@ -25,6 +25,7 @@ SMALL = 0.5  # pieces shorter than this many text heights are marks or parts of 
 WIDE = 0.7  # pieces wider than this many text heights may hold several digits: cut them
 MAX_WIDTH = 1.6  # no candidate digit is wider than this many text heights
 MAX_GAP = 0.35  # pieces further apart than this many text heights are not one digit
+MAX_PENALTY = 3.0  # candidates whose shape alone costs more are never worth scoring
 CUT_MARGIN = 0.1  # cuts stay this many text heights from a piece's sides, twice from another
 
 
@@ -153,6 +154,8 @@ def candidates(grey: np.ndarray, atoms: list[Atom], found: list[Piece], height: 
             penalty = _shape_cost(atoms, i, j, height)
             if penalty is None:
                 break
+            if penalty > MAX_PENALTY and j > i + 1:
+                continue
             spans.append((i, j))
             images.append(_model_input(grey, group, geometry))
             penalties.append(penalty)

@@ -1,0 +1,185 @@
+"""The number reader's parts: length bounds, runs, connected pieces (against SciPy), form-line
+removal, the decoder's choice within --length, and the field metrics (against brute force)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from scorer.numbers import Length, parse_length
+from scorer.numbers.components import pieces
+from scorer.numbers.decode import choose, field_confidence
+from scorer.numbers.lines import remove_form_lines
+from scorer.numbers.runs import bands, close_gaps, long_runs, paint_runs, row_runs
+from scorer.numbers.segments import Candidates
+from scorer.report.fields import edit_distance, field_metrics
+
+DIGITS = [str(d) for d in range(10)]
+
+
+# --- --length ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "bounds"), [("5", (5, 5)), ("4-6", (4, 6)), (" 2-2 ", (2, 2)),
+                                               ("1-40", (1, 40))])
+def test_parse_length(text, bounds):
+    assert parse_length(text) == Length(*bounds)
+    assert Length(*bounds).admits(bounds[0]) and not Length(*bounds).admits(bounds[1] + 1)
+
+
+@pytest.mark.parametrize("text", ["", "five", "6-4", "0", "-3", "3-", "1-41", "2.5"])
+def test_parse_length_refuses(text):
+    with pytest.raises(ValueError, match="N or MIN-MAX|need 1 <= MIN"):
+        parse_length(text)
+
+
+def test_length_prints_as_given():
+    assert str(parse_length("5")) == "5" and str(parse_length("4-6")) == "4-6"
+
+
+# --- runs and pieces ---------------------------------------------------------------------------
+
+
+def random_masks(count: int = 40):
+    rng = np.random.default_rng(1)
+    for _ in range(count):
+        shape = (int(rng.integers(1, 60)), int(rng.integers(1, 120)))
+        yield rng.random(shape) < rng.uniform(0.05, 0.6)
+
+
+def test_runs_round_trip():
+    for mask in random_masks():
+        assert np.array_equal(paint_runs(mask.shape, *row_runs(mask)), mask)
+
+
+def test_long_runs_and_gap_closing():
+    mask = np.array([[1, 1, 0, 0, 1, 0, 1, 1, 1]], bool)
+    assert long_runs(mask, 3).astype(int).tolist() == [[0, 0, 0, 0, 0, 0, 1, 1, 1]]
+    assert close_gaps(mask, 1).astype(int).tolist() == [[1, 1, 0, 0, 1, 1, 1, 1, 1]]
+    assert close_gaps(mask, 2).all()
+    assert bands(np.array([0, 1, 1, 0, 1], bool)) == [(1, 3), (4, 5)]
+
+
+def test_pieces_match_scipy_8_connectivity():
+    for mask in random_masks():
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        found = pieces(mask)
+        assert len(found) == count
+        expected = sorted(int(np.sum(labelled == k)) for k in range(1, count + 1))
+        assert sorted(p.area for p in found) == expected
+        for p in found:  # each piece's mask is exactly one scipy component, cropped
+            label = labelled[p.y0:p.y1, p.x0:p.x1][p.mask]
+            assert len(set(label.tolist())) == 1
+            assert p.mask.sum() == p.area == np.sum(labelled == label[0])
+        assert [p.centre_x for p in found] == sorted(p.centre_x for p in found)
+
+
+# --- form lines --------------------------------------------------------------------------------
+
+
+def test_an_underline_goes_and_a_crossing_stroke_stays():
+    ink = np.zeros((80, 400), bool)
+    ink[60:62, 10:390] = True  # a printed underline
+    ink[20:75, 100:104] = True  # a stroke crossing it
+    ink[20:24, 200:230] = True  # a short horizontal stroke (a 7's bar): not a line
+    out = remove_form_lines(ink)
+    assert not out[60:62, 10:95].any() and not out[60:62, 110:390].any()
+    assert out[20:75, 100:104].all()
+    assert out[20:24, 200:230].all()
+
+
+def test_dashed_comb_lines_and_separators_go():
+    ink = np.zeros((90, 600), bool)
+    for x in range(10, 590, 14):  # dashed top and bottom lines
+        ink[10:12, x:x + 8] = True
+        ink[78:80, x:x + 8] = True
+    for x in range(10, 600, 80):  # separators between the lines
+        ink[10:80, x:x + 2] = True
+    ink[25:65, 40:46] = True  # a digit's stroke inside a cell
+    out = remove_form_lines(ink)
+    assert out[25:65, 40:46].all()
+    assert out.sum() == 40 * 6
+
+
+def test_evenly_spaced_ticks_on_a_baseline_go_but_a_tall_stroke_stays():
+    ink = np.zeros((100, 500), bool)
+    ink[85:87, 5:495] = True  # baseline
+    for x in range(5, 495, 70):
+        ink[65:85, x:x + 2] = True  # ticks, 20 px
+    ink[15:85, 40:45] = True  # a 1 standing on the baseline, 70 px
+    out = remove_form_lines(ink)
+    assert out[15:84, 40:45].all()
+    assert out.sum() <= 70 * 5
+
+
+# --- the decoder -------------------------------------------------------------------------------
+
+
+def candidates(spans, penalties, skip):
+    n = len(skip)
+    return Candidates(np.array(spans).reshape(-1, 2), np.zeros((len(spans), 28, 28), np.uint8),
+                      np.array(penalties, float), np.array(skip, float),
+                      np.array([(10 * i, 10 * i + 8) for i in range(n)]))
+
+
+def one_hot(classes, confidences):
+    p = np.full((len(classes), 10), 0.0, np.float32)
+    for row, (c, q) in enumerate(zip(classes, confidences, strict=True)):
+        p[row] = (1 - q) / 9
+        p[row, c] = q
+    return p
+
+
+def test_cheapest_reading_and_length_choose_between_cuts():
+    # atoms 0, 1: either two digits (3, 5) or one (8); the 8 is more confident
+    found = candidates([(0, 1), (1, 2), (0, 2)], [0.0, 0.0, 0.0], [np.inf, np.inf])
+    p = one_hot([3, 5, 8], [0.7, 0.7, 0.95])
+    assert [d.value for d in choose(found, p, None).digits] == [8]
+    two = choose(found, p, parse_length("2"))
+    assert [d.value for d in two.digits] == [3, 5] and two.problem == ""
+    three = choose(found, p, parse_length("3"))  # impossible: the best reading, for review
+    assert [d.value for d in three.digits] == [8]
+    assert three.problem == "read 1 digits, expected 3"
+
+
+def test_marks_are_skipped_and_x_ranges_reported_in_image_pixels():
+    found = candidates([(0, 1), (1, 2), (2, 3)], [0.0, 0.0, 0.0], [np.inf, 0.1, np.inf])
+    p = one_hot([4, 1, 2], [0.99, 0.6, 0.99])  # the middle atom, a comma, looks like a 1
+    choice = choose(found, p, None, scale=2.0)
+    assert [d.value for d in choice.digits] == [4, 2]
+    assert [(d.x0, d.x1) for d in choice.digits] == [(0, 4), (10, 14)]
+    assert field_confidence(choice.digits) == pytest.approx(0.99 * 0.99, rel=1e-6)
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def brute_edit_distance(a: str, b: str) -> int:
+    if not a or not b:
+        return len(a) + len(b)
+    return min(brute_edit_distance(a[1:], b) + 1, brute_edit_distance(a, b[1:]) + 1,
+               brute_edit_distance(a[1:], b[1:]) + (a[0] != b[0]))
+
+
+def test_edit_distance_against_brute_force():
+    words = ["", "0", "01", "10", "007", "170", "1234", "2143"]
+    for a, b in itertools.product(words, repeat=2):
+        assert edit_distance(a, b) == brute_edit_distance(a, b)
+
+
+def test_field_metrics():
+    truth = ["00712", "42", "987", "5"]
+    read = ["00712", "47", "98", "5"]
+    m = field_metrics(truth, read, DIGITS)
+    assert m["fields"] == 4
+    assert m["exact_match"] == 0.5
+    assert m["digit_accuracy"] == pytest.approx(1 - 2 / 11)
+    assert m["wrong_length"] == 0.25
+    assert m["by_length"]["2"] == {"fields": 1, "exact_match": 0.0, "wrong_length": 0.0}
+    assert m["by_length"]["3"]["wrong_length"] == 1.0
+    digits = m["digits"]  # the 5 + 2 + 1 digits of the fields read with the right length
+    assert digits["samples"] == 8 and digits["accuracy"] == pytest.approx(7 / 8)
+    assert field_metrics(["12"], ["3"], DIGITS)["digits"] is None
