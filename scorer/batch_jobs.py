@@ -7,12 +7,18 @@ batch becomes one *part*, under the output prefix (S3 never notifies the functio
 
     <output prefix>.jobs/<job id>/parts/<part id>.csv            rows, always a label column
     <output prefix>.jobs/<job id>/parts/<part id>.examples.json  report thumbnail candidates
-    <output prefix>.jobs/<job id>/parts/<part id>.json           counts, keys, labelled arrays
+    <output prefix>.jobs/<job id>/parts/<part id>.json           counts, keys, read mode,
+                                                                 labelled arrays
     <output prefix>.jobs/<job id>/merged.json                    the merge's result
 
 The part id is a hash of the batch's keys and a part holds no timings, so a retried (or doubly
 run) batch overwrites its own part with the same bytes: rows are never duplicated. The `.json` is
 written last; only parts that have one are merged. The merge streams (see `merge_job`).
+
+The function's READ/LENGTH (`Config.numbers`) apply to every batch: in number mode each object
+is a field, a row's prediction and label are digit strings and the CSV ends with a digits
+column. Each part records the mode it was scored in, and the merge refuses a job whose parts
+disagree with each other or with the function.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ import numpy as np
 
 from scorer import report, sources
 from scorer.bundle import Bundle
-from scorer.job import Tally, run_job, run_summary
+from scorer.job import Tally, build_report, run_job, run_summary
 from scorer.outputs import LABEL_COLUMN, S3Upload, copy_without_column, csv_header, write_report
-from scorer.s3_jobs import Config, prefix_outputs
+from scorer.s3_jobs import Config, prefix_outputs, read_mode, run_info
 from scorer.s3client import (
     FETCH_WORKERS,
     delete_under,
@@ -107,7 +113,7 @@ def score_batch(batch_input: dict, items: list[dict], bundle: Bundle,
     tally = run_job(sources.iter_listed(bucket, prefix, listed, stats, fail_fast=True), bundle,
                     s3_url(out_bucket, f"{base}.csv"), workers=1, timings=False,
                     min_confidence=config.min_confidence, label_column=True,
-                    collector=collector)
+                    collector=collector, numbers=config.numbers)
     examples = None
     if collector.seen:
         examples = f"{base}.examples.json"
@@ -121,14 +127,39 @@ def score_batch(batch_input: dict, items: list[dict], bundle: Bundle,
         "rows": tally.total, "objects": len(listed), "skipped": stats.skipped,
         "ignored": len(set(keys)) - len(listed), **tally.counts(),
         "labelled": tally.labelled, "correct": tally.correct, "any_label": tally.any_label,
-        "y_true": _pack(tally.y_true, np.int8), "y_pred": _pack(tally.y_pred, np.int8),
-        "confidence": _pack(tally.confidence, np.float32),
+        **read_mode(config), **_pack_labelled(tally),
     }
     put_json(out_bucket, f"{base}.json", meta)  # last: the part counts from now on
     result = {"part": s3_url(out_bucket, f"{base}.json"),
               **{k: meta[k] for k in ("objects", "rows", "skipped", "ignored", "scored",
                                       "review", "blank", "failed")}}
     return result, tally
+
+
+def _pack_labelled(tally: Tally) -> dict:
+    """The labelled rows' true classes, predictions and confidences, in row order. Digits:
+    int8, int8 and float32 arrays in base64. Number fields: the digit strings as JSON lists (they
+    vary in length; leading zeros count) and the field confidences as float64 (a product of the
+    digits' confidences, which float32 would round)."""
+    if tally.fields:
+        return {"y_true": list(tally.y_true), "y_pred": list(tally.y_pred),
+                "confidence": _pack(tally.confidence, np.float64)}
+    return {"y_true": _pack(tally.y_true, np.int8), "y_pred": _pack(tally.y_pred, np.int8),
+            "confidence": _pack(tally.confidence, np.float32)}
+
+
+def _unpack_labelled(parts: list[dict], fields: bool) -> tuple:
+    """_pack_labelled's values of every part, concatenated in part order: (y_true, y_pred,
+    confidence), the classes as int64 arrays (digits) or lists of digit strings (fields)."""
+    if fields:
+        y_true = [text for p in parts for text in p["y_true"]]
+        y_pred = [text for p in parts for text in p["y_pred"]]
+        confidence = np.concatenate([_unpack(p["confidence"], np.float64) for p in parts])
+        return y_true, y_pred, confidence
+    y_true = np.concatenate([_unpack(p["y_true"], np.int8) for p in parts]).astype(np.int64)
+    y_pred = np.concatenate([_unpack(p["y_pred"], np.int8) for p in parts]).astype(np.int64)
+    confidence = np.concatenate([_unpack(p["confidence"], np.float32) for p in parts])
+    return y_true, y_pred, confidence.astype(np.float64)
 
 
 def _pack(values: list, dtype) -> str:
@@ -143,17 +174,20 @@ def _unpack(text: str, dtype) -> np.ndarray:
 
 
 def _example_json(index: int, example: report.Example) -> dict:
+    # label and prediction: class indices (digits) or digit strings (fields, kept as text so
+    # that leading zeros stay); cuts: a field's digits' (x0, x1) in the thumbnail.
     return {"index": index, "source": example.source, "label": example.label,
             "prediction": example.prediction, "confidence": example.confidence,
             "shape": list(example.image.shape),
             "image": base64.b64encode(np.ascontiguousarray(example.image, np.uint8).tobytes())
-            .decode("ascii")}
+            .decode("ascii"),
+            "cuts": [list(cut) for cut in example.cuts]}
 
 
 def _example(doc: dict) -> report.Example:
     image = np.frombuffer(base64.b64decode(doc["image"]), np.uint8).reshape(doc["shape"])
     return report.Example(doc["source"], doc["label"], doc["prediction"], doc["confidence"],
-                          image)
+                          image, tuple(tuple(cut) for cut in doc.get("cuts", ())))
 
 
 # ---------------------------------------------------------------- parts -> one CSV and report
@@ -181,13 +215,15 @@ def merge_job(merge: dict, bundle: Bundle, config: Config) -> dict:
     if not parts:
         raise ValueError(f"no parts under s3://{out_bucket}/{jobs}parts/: nothing was listed "
                          "under the source, or the job id is wrong")
+    check_read_mode(parts, config, f"s3://{out_bucket}/{jobs}parts/")
+    fields = config.numbers is not None
     out, report_dir = prefix_outputs(source, config)
     any_label = any(part["any_label"] for part in parts)
-    write_csv(out_bucket, parts, out, bundle.labels, any_label)
+    write_csv(out_bucket, parts, out, bundle.labels, any_label, fields)
     totals = {name: sum(part[name] for part in parts) for name in COUNTS}
     tally = Tally(scored=totals["scored"], review=totals["review"], blank=totals["blank"],
                   failed=totals["failed"], labelled=totals["labelled"],
-                  correct=totals["correct"], any_label=any_label)
+                  correct=totals["correct"], any_label=any_label, fields=fields)
     tally.finish()
     if tally.labelled:
         write_report(report_files(out_bucket, parts, bundle, source, config, tally), report_dir)
@@ -208,6 +244,31 @@ def read_parts(bucket: str, prefix: str) -> list[dict]:
     return parts
 
 
+def check_read_mode(parts: list[dict], config: Config, where: str) -> None:
+    """Every part must have been scored as the function reads now (READ and LENGTH): their rows
+    and labelled arrays differ in kind between modes, and one CSV holds one kind. Parts written
+    before parts recorded their mode were scored as digits."""
+    def mode(meta: dict) -> str:
+        if meta.get("read", "digit") == "digit":
+            return "READ=digit"
+        return f"READ=number LENGTH={meta.get('length') or '(any)'}"
+
+    found: dict[str, int] = {}
+    for part in parts:
+        found[mode(part)] = found.get(mode(part), 0) + 1
+    expected = mode(read_mode(config))
+    if len(found) > 1:
+        raise ValueError(f"the parts under {where} were scored in different read modes ("
+                         + ", ".join(f"{n} with {m}" for m, n in sorted(found.items()))
+                         + "): the function's READ or LENGTH changed during the job; run the "
+                         f"job again under a new name (the function now has {expected})")
+    [scored] = found
+    if scored != expected:
+        raise ValueError(f"the parts under {where} were scored with {scored} but the function "
+                         f"now has {expected}: merge with the configuration the job was scored "
+                         "with, or run the job again under a new name")
+
+
 def in_key_order(parts: list[dict]) -> list[dict]:
     """Parts sorted by their first key, checked not to overlap, so that their rows, concatenated,
     are in key order (Distributed Map batches are consecutive runs of the listing). Parts that
@@ -222,13 +283,14 @@ def in_key_order(parts: list[dict]) -> list[dict]:
 
 
 def write_csv(bucket: str, parts: list[dict], out: str, labels: list[str],
-              any_label: bool) -> None:
+              any_label: bool, fields: bool = False) -> None:
     """The parts' rows under the header the CLI would write for them (a label column only if
-    some row has a label), streamed into one object by a multipart upload."""
+    some row has a label; number fields end with the digits column), streamed into one object
+    by a multipart upload."""
     upload = S3Upload(out)
     try:
         header = io.StringIO(newline="")
-        csv.writer(header).writerow(csv_header(labels, any_label, False))
+        csv.writer(header).writerow(csv_header(labels, any_label, False, fields=fields))
         upload.write(header.getvalue().encode("utf-8"))
         for body in fetch_in_order(bucket, [part["csv"] for part in parts]):
             rows = body[body.index(b"\n") + 1:]  # after the part's own header
@@ -246,17 +308,15 @@ def write_csv(bucket: str, parts: list[dict], out: str, labels: list[str],
 
 def report_files(bucket: str, parts: list[dict], bundle: Bundle, source: str, config: Config,
                  tally: Tally) -> dict[str, bytes]:
-    """The report a prefix job would write, from the parts' labelled arrays (in row order)."""
-    y_true = np.concatenate([_unpack(p["y_true"], np.int8) for p in parts]).astype(np.int64)
-    y_pred = np.concatenate([_unpack(p["y_pred"], np.int8) for p in parts]).astype(np.int64)
-    confidence = np.concatenate([_unpack(p["confidence"], np.float32) for p in parts])
-    misclassified, least_confident = shown_examples(bucket, parts, y_true, y_pred, confidence)
-    return report.report_files(
-        report.compute_metrics(y_true, y_pred, bundle.labels), title="digit predictions",
-        misclassified=misclassified, least_confident=least_confident,
-        coverage=report.coverage(y_true, y_pred, confidence.astype(np.float64)),
-        extra=run_summary(tally, bundle, {"source": source}, config.min_confidence,
-                          timings=False))
+    """The report a prefix job would write (the digit or the number report, as `tally.fields`
+    says), from the parts' labelled values (in row order), with the same code (`build_report`)."""
+    y_true, y_pred, confidence = _unpack_labelled(parts, tally.fields)
+    misclassified, least_confident = shown_examples(bucket, parts, np.asarray(y_true),
+                                                    np.asarray(y_pred), confidence)
+    tally.y_true, tally.y_pred, tally.confidence = y_true, y_pred, confidence
+    return build_report(tally, bundle, misclassified, least_confident,
+                        run_summary(tally, bundle, run_info(source, config),
+                                    config.min_confidence, timings=False))
 
 
 def shown_examples(bucket: str, parts: list[dict], y_true: np.ndarray, y_pred: np.ndarray,

@@ -43,9 +43,12 @@ RETRYABLE_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestT
 
 @functools.cache
 def bundle_and_config() -> tuple[Bundle, s3_jobs.Config]:
-    """The model bundle and the configuration, loaded once per container on the first event."""
+    """The model bundle and the configuration (READ and LENGTH included), loaded once per
+    container on the first event; a bad setting raises here, before anything is scored."""
     config = s3_jobs.Config.from_env()
-    return load_bundle(config.model_dir), config
+    bundle = load_bundle(config.model_dir)
+    s3_jobs.check_bundle(bundle, config)
+    return bundle, config
 
 
 @metrics.log_metrics

@@ -15,8 +15,10 @@ from scorer import sources
 from scorer.bundle import Bundle
 from scorer.images import IMAGE_EXTENSIONS
 from scorer.job import Tally, run_job
+from scorer.numbers import parse_length
 from scorer.s3client import parse_s3_url
 from scorer.sources import SourceStats
+from scorer.workers import NumberMode
 
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "model"  # beside scorer/ in the zip
 SCORABLE = IMAGE_EXTENSIONS | {sources.ZIP_EXTENSION}
@@ -29,6 +31,7 @@ class Config:
     output_prefix: str
     output_bucket: str | None  # None: write beside the input, in the same bucket
     min_confidence: float | None = None  # below it, rows get status=review
+    numbers: NumberMode | None = None  # None: one digit per image; else one number (a field)
 
     @classmethod
     def from_env(cls) -> Config:
@@ -38,6 +41,7 @@ class Config:
             output_prefix=os.environ.get("OUTPUT_PREFIX", "predictions/"),
             output_bucket=os.environ.get("OUTPUT_BUCKET") or None,
             min_confidence=parse_min_confidence(os.environ.get("MIN_CONFIDENCE", "")),
+            numbers=parse_read(os.environ.get("READ", ""), os.environ.get("LENGTH", "")),
         )
         if not config.output_prefix or config.output_prefix.startswith(config.input_prefix) \
                 or config.input_prefix.startswith(config.output_prefix):
@@ -58,6 +62,46 @@ def parse_min_confidence(text: str) -> float | None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"MIN_CONFIDENCE must be a number from 0 to 1, got {text!r}")
     return value
+
+
+def parse_read(read: str, length: str) -> NumberMode | None:
+    """READ ("digit", the default when empty, or "number") and LENGTH (empty for any number of
+    digits, else N or MIN-MAX; number mode only) -> the pipeline's NumberMode, or None for
+    digits."""
+    mode = read.strip() or "digit"
+    if mode not in ("digit", "number"):
+        raise ValueError(f"READ must be digit or number, got {read!r}")
+    if mode == "digit":
+        if length.strip():
+            raise ValueError(f"LENGTH {length!r} needs READ=number (it is the number of digits "
+                             "of a field)")
+        return None
+    try:
+        return NumberMode(parse_length(length) if length.strip() else None)
+    except ValueError as err:
+        raise ValueError(f"LENGTH: {err}") from None
+
+
+def read_mode(config: Config) -> dict:
+    """What a job reads, as the report's run section and the scale-out parts record it:
+    {"read": "digit"} or {"read": "number", "length": "5" | "4-6" | None}."""
+    if config.numbers is None:
+        return {"read": "digit"}
+    length = config.numbers.length
+    return {"read": "number", "length": None if length is None else str(length)}
+
+
+def run_info(source: str, config: Config) -> dict:
+    """The report's run section (before the counts): the source and, in number mode, the mode
+    and the length (digit mode adds nothing, as before)."""
+    return {"source": source, **(read_mode(config) if config.numbers is not None else {})}
+
+
+def check_bundle(bundle: Bundle, config: Config) -> None:
+    """Number mode joins class names into a digit string: each must be one character."""
+    if config.numbers is not None and any(len(name) != 1 for name in bundle.labels):
+        raise ValueError("READ=number needs a bundle whose classes are single characters, not "
+                         + ", ".join(bundle.labels))
 
 
 def ignore_reason(key: str, config: Config) -> str | None:
@@ -88,8 +132,8 @@ def score_object(bucket: str, key: str, bundle: Bundle, config: Config) -> tuple
     report_dir = output_url(bucket, f"{name}.report/", config) if is_archive else None
     inputs = sources.iter_s3_object(bucket, key, SourceStats(), fail_fast=True)
     tally = run_job(inputs, bundle, out, report_dir, workers=1, timings=False,
-                    min_confidence=config.min_confidence,
-                    run_info={"source": f"s3://{bucket}/{key}"})
+                    min_confidence=config.min_confidence, numbers=config.numbers,
+                    run_info=run_info(f"s3://{bucket}/{key}", config))
     return out, tally
 
 
@@ -110,5 +154,5 @@ def score_prefix(source: str, bundle: Bundle, config: Config) -> tuple[str, Tall
     inputs = sources.iter_inputs([source], SourceStats(), fail_fast=True)
     tally = run_job(inputs, bundle, out, report_dir,
                     workers=1, timings=False, min_confidence=config.min_confidence,
-                    run_info={"source": source})
+                    numbers=config.numbers, run_info=run_info(source, config))
     return out, tally

@@ -28,19 +28,23 @@ DECODE_SIDE = 2 * MAX_WORK_WIDTH  # JPEG draft / integer reduction target while 
 MAX_SKEW_DEGREES = 6.0
 SKEW_STEP = 0.25
 SKEW_SAMPLE = 3000  # ink pixels the angle is measured on
-MIN_SKEW_DEGREES = 0.5  # smaller angles are left alone: resampling would cost more than it gains
+MIN_SKEW_DEGREES = 0.5
+MAX_SLANT = 0.6  # shear (x per y) of the most slanted handwriting taken upright
+MIN_SLANT = 0.08  # smaller angles are left alone: resampling would cost more than it gains
 INK_LEVEL = 64.0  # a blurred, stretched pixel above this is ink
 STRONG_INK = 128.0  # every piece of ink must reach this somewhere (faint smudges do not)
 
 
 class Field(NamedTuple):
-    """grey: float32 (h, w) in [0, 255], light ink on dark, straightened; ink: bool (h, w);
-    scale: work px per original px; angle: degrees the field was turned to straighten it."""
+    """grey: float32 (h, w) in [0, 255], light ink on dark, straightened and upright; ink: bool
+    (h, w); scale: work px per original px; angle: degrees the field was turned to straighten
+    it; slant: the shear (x per y) taken out of the handwriting."""
 
     grey: np.ndarray
     ink: np.ndarray
     scale: float
     angle: float
+    slant: float
 
 
 def load_field(data: bytes) -> Field:
@@ -53,7 +57,8 @@ def load_field(data: bytes) -> Field:
         grey, background = 255.0 - grey, 255.0 - background
     grey = stretch_contrast(flatten_background(grey, paper=dark, background=background))
     grey, angle = straighten(grey)
-    return Field(grey, ink_mask(grey), scale, angle)
+    grey, slant = upright(grey)
+    return Field(grey, ink_mask(grey), scale, angle, slant)
 
 
 def to_work_size(grey: np.ndarray) -> tuple[np.ndarray, float]:
@@ -111,3 +116,37 @@ def straighten(grey: np.ndarray) -> tuple[np.ndarray, float]:
     turned = Image.fromarray(grey).rotate(-angle, Image.Resampling.BILINEAR, expand=True,
                                           fillcolor=0.0)
     return np.asarray(turned, np.float32), angle
+
+
+def slant_of(ink: np.ndarray) -> float:
+    """The shear (x per y) that makes the columns of bool (H, W) ink most uneven: slanted
+    strokes then stand upright, and neighbours that overlap slantwise separate."""
+    ys, xs = np.nonzero(ink)
+    if ys.size < 50:
+        return 0.0
+    step = max(1, ys.size // SKEW_SAMPLE)
+    ys, xs = ys[::step] - ys.mean(), xs[::step]
+
+    def sharpness(shear: float) -> float:
+        shifted = np.round(xs - shear * ys).astype(np.int64)
+        counts = np.bincount(shifted - shifted.min())
+        return float(counts.astype(np.float64) @ counts)
+
+    best = max(np.arange(-MAX_SLANT, MAX_SLANT + 1e-9, 0.1), key=sharpness)
+    best = max(np.arange(best - 0.1, best + 0.1 + 1e-9, 0.025), key=sharpness)
+    return float(best) if sharpness(best) > 1.02 * sharpness(0.0) else 0.0
+
+
+def upright(grey: np.ndarray) -> tuple[np.ndarray, float]:
+    """Light-ink float32 (H, W) -> (sheared so that the handwriting stands upright, shear)."""
+    shear = slant_of(ink_mask(grey))
+    if abs(shear) < MIN_SLANT:
+        return grey, 0.0
+    h, w = grey.shape
+    extra = int(np.ceil(abs(shear) * h / 2)) + 1
+    # output (x, y) samples input (x + shear * (y - h/2) - extra, y)
+    coefficients = (1.0, shear, -shear * h / 2 - extra, 0.0, 1.0, 0.0)
+    sheared = Image.fromarray(grey).transform((w + 2 * extra, h), Image.Transform.AFFINE,
+                                              coefficients, Image.Resampling.BILINEAR,
+                                              fillcolor=0.0)
+    return np.asarray(sheared, np.float32), shear

@@ -12,10 +12,11 @@ import numpy as np
 
 from scorer.numbers.runs import bands, close_gaps, long_runs
 
-LINE_LENGTH = 0.6  # a horizontal line runs at least this many field heights...
+LINE_LENGTH = 0.45  # a horizontal line runs at least this many field heights...
 LINE_COVER = 0.35  # ...and its rows have such runs over this share of the ink's width
 MAX_THICKNESS = 0.1  # lines are at most this many field heights thick (at least 4 px)
 DASH_GAP = 0.1  # gaps up to this many field heights in a dashed or dotted line are bridged
+FULL_HEIGHT = 0.85  # a vertical line this many field heights long is printed, whatever it joins
 MIN_TICKS = 3  # a comb's ticks come in numbers, evenly spaced
 
 
@@ -28,10 +29,21 @@ def remove_form_lines(ink: np.ndarray) -> np.ndarray:
     out = ink.copy()
     for y0, y1, columns in rows:
         erase_band(out, y0, y1, columns)
+    verticals = full_height_lines(ink, thick, gap)
     if rows:
-        for x0, x1, y0, y1 in vertical_lines(ink, rows, thick, gap):
-            erase_band(out.T, x0, x1, _span_flags(h, y0, y1))
+        verticals += vertical_lines(ink, rows, thick, gap)
+    for x0, x1, y0, y1 in verticals:
+        erase_band(out.T, x0, x1, _span_flags(h, y0, y1))
     return out
+
+
+def full_height_lines(ink: np.ndarray, thick: int, gap: int) -> list[tuple[int, int, int, int]]:
+    """Thin vertical lines across (nearly) the whole field: a margin line, a box's sides.
+    Handwriting leaves a margin above and below; these do not."""
+    h = ink.shape[0]
+    bridged = close_gaps(ink.T, gap)
+    long = long_runs(bridged, round(FULL_HEIGHT * h)).any(1)
+    return [(x0, x1, 0, h) for x0, x1 in bands(long) if x1 - x0 <= thick]
 
 
 def horizontal_lines(ink: np.ndarray, thick: int, gap: int

@@ -25,6 +25,13 @@ SMALL = 0.5  # pieces shorter than this many text heights are marks or parts of 
 WIDE = 0.7  # pieces wider than this many text heights may hold several digits: cut them
 MAX_WIDTH = 1.6  # no candidate digit is wider than this many text heights
 MAX_GAP = 0.35  # pieces further apart than this many text heights are not one digit
+# Shape costs, in the units of -log(probability), measured on the dev set of fields
+CUT_BASE, CUT_PER_STROKE, CUT_INK = 0.4, 1.5, 2.0  # a cut; each stroke beyond one; ink crossed
+NARROW_CUT = 3.0  # extra for cutting a piece of about one digit's width (x (1.6 - widths))
+WIDE_FROM, WIDE_COST = 1.4, 3.0  # a candidate wider than this many digit widths, per width
+SHORT_FROM, SHORT_COST = 0.6, 4.0  # a candidate shorter than this many text heights, per height
+JOIN_COSTS = (0.3, 1.2, 3.0)  # joining a small piece, a part, two tall pieces
+SLICE_COST = 1.5  # a narrow slice beside a cut (likely part of a digit, read as a 1)
 MAX_PENALTY = 3.0  # candidates whose shape alone costs more are never worth scoring
 CUT_MARGIN = 0.1  # cuts stay this many text heights from a piece's sides, twice from another
 
@@ -98,18 +105,28 @@ def _partner(found: list[Piece], i: int, height: float) -> int | None:
     return best
 
 
+def digit_width(found: list[Piece], height: float) -> float:
+    """A typical digit's width in this field: the median width of the pieces that look like one
+    digit (tall, not too wide, not a 1), else 0.6 text heights."""
+    widths = [p.width for p in found
+              if p.height >= 0.6 * height and 0.35 * height <= p.width <= 1.0 * height]
+    return float(np.median(widths)) if widths else 0.6 * height
+
+
 def atoms_of(found: list[Piece], height: float) -> list[Atom]:
-    """Pieces -> atoms, left to right: wide pieces sliced at their candidate cuts."""
+    """Pieces -> atoms, left to right: wide pieces sliced at their candidate cuts. Cutting a
+    piece no wider than about one digit costs extra (it is more likely one wide digit)."""
     atoms: list[Atom] = []
+    width = digit_width(found, height)
     for index, piece in enumerate(found):
         edges = [0, *cuts(piece, height), piece.width]
-        columns = piece.mask.sum(0)
+        narrow = NARROW_CUT * max(0.0, 1.6 - piece.width / width)
         for k, (c0, c1) in enumerate(zip(edges, edges[1:], strict=False)):
             mask = piece.mask[:, c0:c1]
             rows = np.flatnonzero(mask.any(1))
             if rows.size == 0:
                 continue
-            cost = 0.0 if k == 0 else cut_cost(columns, c0, height)
+            cost = 0.0 if k == 0 else cut_cost(piece.mask, c0, height) + narrow
             atoms.append(Atom(index, piece.x0 + c0, piece.x0 + c1, piece.y0 + int(rows[0]),
                               piece.y0 + int(rows[-1]) + 1, mask[rows[0] : rows[-1] + 1], cost))
     return atoms
@@ -138,27 +155,29 @@ def cuts(piece: Piece, height: float) -> list[int]:
     return sorted(chosen)
 
 
-def cut_cost(columns: np.ndarray, x: int, height: float) -> float:
-    """Cutting through more ink costs more: about 0.5 for a touch, 1.5 across a stroke."""
-    return 0.3 + 2.5 * float(columns[max(0, x - 1) : x + 1].mean()) / height
+def cut_cost(mask: np.ndarray, x: int, height: float) -> float:
+    """Cutting where two digits touch is cheap (one stroke crossed, thinly); cutting through a
+    loop (a 0, the bowl of a 6) crosses two strokes or more, and costs more for each."""
+    column = mask[:, max(0, x - 1)] | mask[:, x]
+    strokes = int(np.count_nonzero(column[1:] & ~column[:-1])) + int(column[0])
+    return CUT_BASE + CUT_PER_STROKE * max(0, strokes - 1) + \
+        CUT_INK * float(np.count_nonzero(column)) / height
 
 
 def candidates(grey: np.ndarray, atoms: list[Atom], found: list[Piece], height: float,
                geometry: Geometry) -> Candidates:
     """Every run of neighbouring atoms that could be one digit, normalised for the model."""
     band = _text_band(found, height)
+    width = digit_width(found, height)
     spans, images, penalties = [], [], []
-    for i in range(len(atoms)):
-        for j in range(i + 1, min(i + MAX_ATOMS, len(atoms)) + 1):
-            group = atoms[i:j]
-            penalty = _shape_cost(atoms, i, j, height)
-            if penalty is None:
-                break
-            if penalty > MAX_PENALTY and j > i + 1:
-                continue
-            spans.append((i, j))
-            images.append(_model_input(grey, group, geometry))
-            penalties.append(penalty)
+    for i, j in _runs(atoms):
+        penalty = _shape_cost(atoms, i, j, height, width)
+        if penalty is None or (penalty > MAX_PENALTY and j > i + 1
+                               and not _whole_piece(atoms, i, j)):
+            continue
+        spans.append((i, j))
+        images.append(_model_input(grey, atoms[i:j], geometry))
+        penalties.append(penalty)
     skip = np.array([_skip_cost(a, atoms, found, height, band) for a in atoms])
     return Candidates(np.array(spans, int).reshape(-1, 2),
                       np.stack(images) if images else
@@ -167,7 +186,28 @@ def candidates(grey: np.ndarray, atoms: list[Atom], found: list[Piece], height: 
                       np.array([(a.x0, a.x1) for a in atoms], int).reshape(-1, 2))
 
 
-def _shape_cost(atoms: list[Atom], i: int, j: int, height: float) -> float | None:
+def _runs(atoms: list[Atom]) -> list[tuple[int, int]]:
+    """The atom ranges [i, j) worth scoring: up to MAX_ATOMS neighbours, and every whole piece
+    however many atoms its cuts made."""
+    runs = {(i, j) for i in range(len(atoms))
+            for j in range(i + 1, min(i + MAX_ATOMS, len(atoms)) + 1)}
+    start = 0
+    for k in range(1, len(atoms) + 1):
+        if k == len(atoms) or atoms[k].piece != atoms[start].piece:
+            runs.add((start, k))
+            start = k
+    return sorted(runs)
+
+
+def _whole_piece(atoms: list[Atom], i: int, j: int) -> bool:
+    """atoms[i:j] are exactly the atoms of one piece."""
+    piece = atoms[i].piece
+    return all(a.piece == piece for a in atoms[i:j]) and (i == 0 or atoms[i - 1].piece != piece) \
+        and (j == len(atoms) or atoms[j].piece != piece)
+
+
+def _shape_cost(atoms: list[Atom], i: int, j: int, height: float,
+                digit: float) -> float | None:
     """The cost of atoms[i:j] as one digit, or None if they cannot be one (nor can any longer
     run from the same start). Joining separate pieces costs more the taller they are; a wide
     candidate likely holds two digits; a narrow slice next to a cut is likely a digit's part."""
@@ -182,11 +222,12 @@ def _shape_cost(atoms: list[Atom], i: int, j: int, height: float) -> float | Non
             if b.x0 - max(g.x1 for g in group if g.x0 <= a.x0) > MAX_GAP * height:
                 return None
             shorter = min(_tall(a), _tall(b)) / height
-            cost += 0.3 if shorter < SMALL else 1.2 if shorter < 0.8 else 3.0
+            cost += JOIN_COSTS[0] if shorter < SMALL else JOIN_COSTS[1] if shorter < 0.8 \
+                else JOIN_COSTS[2]
     sliced = group[0].cut_before > 0 or (j < len(atoms) and atoms[j].piece == group[-1].piece)
-    width, tall = (x1 - x0) / height, (y1 - y0) / height
-    cost += 4.0 * max(0.0, width - 0.9) + 4.0 * max(0.0, 0.6 - tall)
-    return cost + (1.5 if sliced and width < 0.35 else 0.0)
+    wide, tall = (x1 - x0) / digit, (y1 - y0) / height
+    cost += WIDE_COST * max(0.0, wide - WIDE_FROM) + SHORT_COST * max(0.0, SHORT_FROM - tall)
+    return cost + (SLICE_COST if sliced and (x1 - x0) < 0.35 * height else 0.0)
 
 
 def _tall(atom: Atom) -> int:
