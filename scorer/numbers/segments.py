@@ -26,12 +26,14 @@ WIDE = 0.7  # pieces wider than this many text heights may hold several digits: 
 MAX_WIDTH = 1.6  # no candidate digit is wider than this many text heights
 MAX_GAP = 0.35  # pieces further apart than this many text heights are not one digit
 # Shape costs, in the units of -log(probability), measured on the dev set of fields
-CUT_BASE, CUT_PER_STROKE, CUT_INK = 0.4, 1.5, 2.0  # a cut; each stroke beyond one; ink crossed
+CUT_BASE, CUT_PER_STROKE, CUT_INK = 1.0, 1.5, 2.0  # a cut; each stroke beyond one; ink crossed
 NARROW_CUT = 3.0  # extra for cutting a piece of about one digit's width (x (1.6 - widths))
-WIDE_FROM, WIDE_COST = 1.4, 3.0  # a candidate wider than this many digit widths, per width
+WIDE_FROM, WIDE_COST = 1.6, 2.0  # a candidate wider than this many digit widths, per width
 SHORT_FROM, SHORT_COST = 0.6, 4.0  # a candidate shorter than this many text heights, per height
 JOIN_COSTS = (0.3, 1.2, 3.0)  # joining a small piece, a part, two tall pieces
 SLICE_COST = 1.5  # a narrow slice beside a cut (likely part of a digit, read as a 1)
+SIGN_REACH = 0.1  # a piece reaching this many text heights above and below the digits...
+SIGN_COST = 2.5  # ...is more likely a currency sign than a digit: reading it as one costs this
 MAX_PENALTY = 3.0  # candidates whose shape alone costs more are never worth scoring
 CUT_MARGIN = 0.1  # cuts stay this many text heights from a piece's sides, twice from another
 
@@ -99,9 +101,9 @@ def _partner(found: list[Piece], i: int, height: float) -> int | None:
         gap = max(a.y0, b.y0) - min(a.y1, b.y1)
         small = a.height < SMALL * height and gap <= MAX_GAP * height
         part = min(a.height, b.height) < 0.8 * height and overlap >= 0.8 * narrow
-        if (small and overlap >= 0.5 * a.width) or part:
-            if overlap / max(narrow, 1) > best_overlap:
-                best, best_overlap = j, overlap / max(narrow, 1)
+        share = overlap / max(narrow, 1)
+        if ((small and overlap >= 0.5 * a.width) or part) and share > best_overlap:
+            best, best_overlap = j, share
     return best
 
 
@@ -169,16 +171,19 @@ def candidates(grey: np.ndarray, atoms: list[Atom], found: list[Piece], height: 
     """Every run of neighbouring atoms that could be one digit, normalised for the model."""
     band = _text_band(found, height)
     width = digit_width(found, height)
+    signs = {k for k, piece in enumerate(found) if _sign_like(piece, height, band)}
     spans, images, penalties = [], [], []
     for i, j in _runs(atoms):
         penalty = _shape_cost(atoms, i, j, height, width)
         if penalty is None or (penalty > MAX_PENALTY and j > i + 1
                                and not _whole_piece(atoms, i, j)):
             continue
+        if any(a.piece in signs for a in atoms[i:j]):
+            penalty += SIGN_COST
         spans.append((i, j))
         images.append(_model_input(grey, atoms[i:j], geometry))
         penalties.append(penalty)
-    skip = np.array([_skip_cost(a, atoms, found, height, band) for a in atoms])
+    skip = np.array([_skip_cost(a, atoms, found, height, signs) for a in atoms])
     return Candidates(np.array(spans, int).reshape(-1, 2),
                       np.stack(images) if images else
                       np.zeros((0, geometry.height, geometry.width), np.uint8),
@@ -239,18 +244,21 @@ def _text_band(found: list[Piece], height: float) -> tuple[float, float]:
     return float(np.median([p.y0 for p in tall])), float(np.median([p.y1 for p in tall]))
 
 
+def _sign_like(piece: Piece, height: float, band: tuple[float, float]) -> bool:
+    """A piece reaching well above and below the digits, as the bar of a $ does."""
+    top, bottom = band
+    return piece.y0 < top - SIGN_REACH * height and piece.y1 > bottom + SIGN_REACH * height
+
+
 def _skip_cost(atom: Atom, atoms: list[Atom], found: list[Piece], height: float,
-               band: tuple[float, float]) -> float:
-    """Reading an atom as no digit: cheap for a small mark (comma, dash, dot), possible for a
-    tall sign that reaches above and below the digits ($), impossible for a slice or a digit."""
+               signs: set[int]) -> float:
+    """Reading an atom as no digit: cheap for a small mark (comma, dash, dot) and for a sign
+    reaching above and below the digits ($), impossible for a slice or a digit."""
     piece = found[atom.piece]
     if sum(a.piece == atom.piece for a in atoms) > 1:
         return np.inf
-    if piece.height < SMALL * height:
+    if piece.height < SMALL * height or atom.piece in signs:
         return 0.1
-    top, bottom = band
-    if piece.y0 < top - 0.12 * height and piece.y1 > bottom + 0.12 * height:
-        return 1.5
     return np.inf
 
 
