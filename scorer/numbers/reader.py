@@ -55,8 +55,9 @@ def cut_field(data: bytes, geometry: Geometry) -> FieldCut:
         raise BlankImageError()
     atoms = atoms_of(found, height)
     thumb, thumb_scale = thumbnail(field.grey, field.scale)
-    return FieldCut(candidates(field.grey, atoms, found, height, geometry), field.scale, thumb,
-                    thumb_scale)
+    lined = bool(np.count_nonzero(field.ink & ~ink))  # form lines were removed: slivers remain
+    return FieldCut(candidates(field.grey, atoms, found, height, geometry, lined), field.scale,
+                    thumb, thumb_scale)
 
 
 def read_cut(cut: FieldCut, probabilities: np.ndarray, length: Length | None) -> Reading:

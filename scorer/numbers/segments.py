@@ -33,6 +33,7 @@ SHORT_FROM, SHORT_COST = 0.6, 4.0  # a candidate shorter than this many text hei
 JOIN_COSTS = (0.3, 1.2, 3.0)  # joining a small piece, a part, two tall pieces
 SLICE_COST = 1.5  # a narrow slice beside a cut (likely part of a digit, read as a 1)
 SIGN_REACH = 0.1  # a piece reaching this many text heights above and below the digits...
+SLIVER = 0.035  # with form lines, pieces this many field heights wide are taken for their rest
 SIGN_COST = 2.5  # ...is more likely a currency sign than a digit: reading it as one costs this
 MAX_PENALTY = 3.0  # candidates whose shape alone costs more are never worth scoring
 CUT_MARGIN = 0.1  # cuts stay this many text heights from a piece's sides, twice from another
@@ -95,7 +96,7 @@ def _partner(found: list[Piece], i: int, height: float) -> int | None:
         if j == i:
             continue
         overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
-        if overlap <= 0 or max(a.x1, b.x1) - min(a.x0, b.x0) > 1.1 * height:
+        if overlap <= 0 or max(a.x1, b.x1) - min(a.x0, b.x0) > 1.5 * height:
             continue
         narrow = min(a.width, b.width)
         gap = max(a.y0, b.y0) - min(a.y1, b.y1)
@@ -167,11 +168,13 @@ def cut_cost(mask: np.ndarray, x: int, height: float) -> float:
 
 
 def candidates(grey: np.ndarray, atoms: list[Atom], found: list[Piece], height: float,
-               geometry: Geometry) -> Candidates:
-    """Every run of neighbouring atoms that could be one digit, normalised for the model."""
+               geometry: Geometry, lined: bool = False) -> Candidates:
+    """Every run of neighbouring atoms that could be one digit, normalised for the model.
+    `lined`: form lines were removed, so thin straight slivers are likely what is left of them."""
     band = _text_band(found, height)
     width = digit_width(found, height)
-    signs = {k for k, piece in enumerate(found) if _sign_like(piece, height, band)}
+    signs = {k for k, piece in enumerate(found) if _sign_like(piece, height, band)
+             or (lined and _sliver(piece, grey.shape[0]))}
     spans, images, penalties = [], [], []
     for i, j in _runs(atoms):
         penalty = _shape_cost(atoms, i, j, height, width)
@@ -242,6 +245,11 @@ def _tall(atom: Atom) -> int:
 def _text_band(found: list[Piece], height: float) -> tuple[float, float]:
     tall = [p for p in found if p.height >= 0.5 * height]
     return float(np.median([p.y0 for p in tall])), float(np.median([p.y1 for p in tall]))
+
+
+def _sliver(piece: Piece, field_height: int) -> bool:
+    """A thin vertical piece, straight to the pixel: the rest of a printed line."""
+    return piece.width <= max(3, round(SLIVER * field_height)) and piece.height > piece.width
 
 
 def _sign_like(piece: Piece, height: float, band: tuple[float, float]) -> bool:
