@@ -150,10 +150,7 @@ def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str |
 
 def example_of(row: Row) -> report.Example:
     """A labelled row as the report shows it: the model's input, or the field with its cuts."""
-    cuts = ()
-    if row.reading is not None:
-        scale = row.reading.thumb_scale
-        cuts = tuple((round(d.x0 * scale), round(d.x1 * scale)) for d in row.reading.digits)
+    cuts = () if row.reading is None else row.reading.cuts
     return report.Example(row.source, row.label, row.prediction, row.confidence, row.image,
                           cuts)
 

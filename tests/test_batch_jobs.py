@@ -15,9 +15,13 @@ import boto3
 import numpy as np
 import pytest
 from PIL import Image
+from test_s3_jobs import check_digits_column, clean_fields, parse_digits
 
-from scorer import batch_jobs, outputs, s3_jobs
+from scorer import batch_jobs, outputs, s3_jobs, sources
 from scorer.bundle import load_bundle
+from scorer.numbers import Length
+from scorer.sources import LabelMatcher
+from scorer.workers import NumberMode
 
 from digit_factory import zip_of
 from moto_server import _reset_scorer_client, moto_endpoint, moto_server  # noqa: F401
@@ -53,7 +57,8 @@ def handler(mnist_bundle, monkeypatch):
 
     monkeypatch.setenv("MODEL_DIR", str(mnist_bundle))
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Test")
-    for name in ("INPUT_PREFIX", "OUTPUT_PREFIX", "OUTPUT_BUCKET", "MIN_CONFIDENCE"):
+    for name in ("INPUT_PREFIX", "OUTPUT_PREFIX", "OUTPUT_BUCKET", "MIN_CONFIDENCE", "READ",
+                 "LENGTH"):
         monkeypatch.delenv(name, raising=False)
     scorer.handler.bundle_and_config.cache_clear()
     yield lambda event: scorer.handler.handler(event, Context())
@@ -83,10 +88,10 @@ def listed_items(s3, bucket: str, prefix: str) -> list[dict]:
     return items
 
 
-def batches(job_id: str, source: str, items: list[dict]) -> list[dict]:
+def batches(job_id: str, source: str, items: list[dict], size: int = BATCH) -> list[dict]:
     """The ItemBatcher's payloads: BatchInput plus consecutive runs of the listing."""
-    return [{"BatchInput": {"job_id": job_id, "source": source}, "Items": items[i:i + BATCH]}
-            for i in range(0, len(items), BATCH)]
+    return [{"BatchInput": {"job_id": job_id, "source": source}, "Items": items[i:i + size]}
+            for i in range(0, len(items), size)]
 
 
 def read(s3, bucket: str, key: str) -> bytes:
@@ -274,3 +279,247 @@ def test_merging_a_job_without_parts_is_an_error(moto_endpoint, handler):  # noq
     with pytest.raises(ValueError, match="no parts"):
         handler({"merge": {"job_id": "never-ran", "source": f"s3://{bucket}/incoming/x/"}})
     assert keys_under(s3, bucket, "") == []
+
+
+# ---------------------------------------------------------------- number mode (READ=number)
+
+
+def read_as(monkeypatch, read: str | None = None, length: str | None = None) -> None:
+    """Set the function's READ and LENGTH (None: unset), as a new deployment would."""
+    import scorer.handler
+
+    for name, value in (("READ", read), ("LENGTH", length)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    scorer.handler.bundle_and_config.cache_clear()
+
+
+def with_labels(monkeypatch, labels: dict[str, str]) -> None:
+    """Give number fields true readings. S3 jobs have no labels CSV (folder names are never a
+    field's label), so this is the only way labels reach them: the real listings, with a
+    LabelMatcher applied as `digits-score --labels` applies it, for the scale-out batches
+    (iter_listed) and the one-invocation prefix job (iter_inputs) alike."""
+    listed, inputs = sources.iter_listed, sources.iter_inputs
+    monkeypatch.setattr(sources, "iter_listed",
+                        lambda *a, **k: LabelMatcher(labels).apply(listed(*a, **k)))
+    monkeypatch.setattr(sources, "iter_inputs",
+                        lambda *a, **k: LabelMatcher(labels).apply(inputs(*a, **k)))
+
+
+def field_objects(bucket: str, prefix: str, fields: list) -> tuple[dict[str, bytes], dict]:
+    """The fields under `prefix`, some in folders named like digits (never a field's label), a
+    zip of the last four, and what every prefix holds: a blank scan, a broken file, a note.
+    Returns the objects to upload and {the CSV's source of each field: the field}."""
+    objects, where = {}, {}
+    for i, field in enumerate(fields[:-4]):
+        key = f"{prefix}{i % 3}/{i:03d}.png" if i % 4 == 0 else f"{prefix}f{i:03d}.png"
+        objects[key] = field.png
+        where[f"s3://{bucket}/{key}"] = field
+    members = {f"7/m{i}.png": field for i, field in enumerate(fields[-4:])}
+    objects[f"{prefix}bundle.zip"] = zip_of({name: f.png for name, f in members.items()})
+    where.update({f"s3://{bucket}/{prefix}bundle.zip!/{name}": field
+                  for name, field in members.items()})
+    objects[f"{prefix}blank.png"] = png(np.full((60, 200), 255, np.uint8))
+    objects[f"{prefix}broken.png"] = b"\x89PNG\r\n\x1a\ntruncated"
+    objects[f"{prefix}notes.txt"] = b"not an image"
+    return objects, where
+
+
+def score_in_batches(handler, s3, bucket: str, prefix: str, job_id: str, size: int) -> dict:
+    """Every batch of the listing (in any order), then the merge event (returned, not sent)."""
+    source = f"s3://{bucket}/{prefix}"
+    events = batches(job_id, source, listed_items(s3, bucket, prefix), size)
+    order = list(range(len(events)))
+    random.Random(11).shuffle(order)
+    for i in order:
+        handler(events[i])
+    return {"merge": {"job_id": job_id, "source": source}}
+
+
+LENGTHS = [5, 3, 6, 4, 5, 2, 7, 5, 3, 4, 6, 5, 4, 5, 3, 5]  # 16 fields, the last 4 in a zip
+
+
+def test_number_mode_batches_merge_into_what_one_prefix_job_writes(
+        moto_endpoint, handler, mnist_test_images, mnist_bundle, monkeypatch):  # noqa: F811
+    """READ=number, no LENGTH: every object is a field read into a digit string; no labels (S3
+    jobs have none), so a CSV with a digits column and no report, the same bytes either way."""
+    x, y = mnist_test_images
+    fields = clean_fields(mnist_bundle, x, y, LENGTHS)
+    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    objects, expected = field_objects(bucket, "incoming/meters/", fields)
+    put_all(s3, bucket, objects)
+    read_as(monkeypatch, "number")
+
+    merged = handler(score_in_batches(handler, s3, bucket, "incoming/meters/", "meters-1", 4))
+    assert merged["parts"] == 4 and merged["rows"] == 16 + 2 and merged["skipped"] == 1
+    assert (merged["scored"], merged["blank"], merged["failed"]) == (16, 1, 1)
+    assert merged["report"] is None and merged["labelled"] == 0 and merged["accuracy"] is None
+    data = read(s3, bucket, "predictions/meters/predictions.csv")
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    assert list(rows[0]) == ["source", "prediction", "confidence", "status", "error", "digits"]
+    by_source = {r["source"]: r for r in rows}
+    assert set(by_source) - set(expected) == {f"s3://{bucket}/incoming/meters/blank.png",
+                                              f"s3://{bucket}/incoming/meters/broken.png"}
+    for name, field in expected.items():  # each read as as many digits as were written
+        row = by_source[name]
+        assert row["status"] == "ok" and len(row["prediction"]) == len(field.text), row
+        assert len(parse_digits(row["digits"])) == len(field.text)
+    read_right = [name for name, field in expected.items()
+                  if by_source[name]["prediction"] == field.text]
+    assert len(read_right) >= 14, [(by_source[n]["prediction"], f.text)
+                                   for n, f in expected.items()]
+    for name in list(expected)[:2] + list(expected)[-1:]:  # a field in a folder, in the zip
+        check_digits_column(by_source[name], expected[name])
+    blank = by_source[f"s3://{bucket}/incoming/meters/blank.png"]
+    assert (blank["status"], blank["prediction"], blank["digits"]) == ("blank", "", "")
+    assert by_source[f"s3://{bucket}/incoming/meters/broken.png"]["status"] == "error"
+
+    single = s3_jobs.Config(str(mnist_bundle), "incoming/", "single/", None,
+                            numbers=NumberMode(None))
+    _, tally = s3_jobs.score_prefix(f"s3://{bucket}/incoming/meters/", load_bundle(mnist_bundle),
+                                    single)
+    assert tally.fields and tally.scored == 16
+    assert read(s3, bucket, "single/meters/predictions.csv") == data
+    assert keys_under(s3, bucket, "predictions/meters/report/") == []
+    assert keys_under(s3, bucket, "single/meters/report/") == []
+    assert keys_under(s3, bucket, "predictions/.jobs/meters-1/parts/") == []
+
+
+def test_labelled_number_fields_merge_into_the_number_report_a_prefix_job_writes(
+        moto_endpoint, handler, mnist_test_images, mnist_bundle, monkeypatch):  # noqa: F811
+    """With true readings (see with_labels) and LENGTH=3-6: the label column, the field metrics
+    and the report's thumbnails with their cuts, byte for byte as one prefix job writes them."""
+    x, y = mnist_test_images
+    fields = clean_fields(mnist_bundle, x, y, LENGTHS)
+    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    objects, where = field_objects(bucket, "incoming/zip-codes/", fields)
+    put_all(s3, bucket, objects)
+    truth = {name: field.text for name, field in where.items()}
+    wrong = sorted(truth)[:3]
+    for name in wrong:  # mislabelled: misread fields for the report to show
+        truth[name] = "0" + truth[name][1:] if truth[name][0] != "0" else "1" + truth[name][1:]
+    truth[f"s3://{bucket}/incoming/zip-codes/broken.png"] = "123"  # labelled, but unreadable
+    with_labels(monkeypatch, truth)
+    read_as(monkeypatch, "number", "3-6")
+
+    merge = score_in_batches(handler, s3, bucket, "incoming/zip-codes/", "zips-1", 5)
+    config = s3_jobs.Config(str(mnist_bundle), "incoming/", "single/", None,
+                            numbers=NumberMode(Length(3, 6)))
+    _, single = s3_jobs.score_prefix(f"s3://{bucket}/incoming/zip-codes/",
+                                     load_bundle(mnist_bundle), config)
+
+    # The parts hold the labelled readings exactly (strings, and float64 field confidences: a
+    # product of float32 digit confidences), and their examples the digits' cuts.
+    parts = batch_jobs.in_key_order(batch_jobs.read_parts(
+        bucket, "predictions/.jobs/zips-1/parts/"))
+    assert len(parts) == 4 and {(p["read"], p["length"]) for p in parts} == {("number", "3-6")}
+    y_true, y_pred, confidence = batch_jobs._unpack_labelled(parts, fields=True)
+    assert (y_true, y_pred) == (single.y_true, single.y_pred)
+    assert confidence.dtype == np.float64 and confidence.tolist() == single.confidence
+    assert any(c != float(np.float32(c)) for c in single.confidence)  # float32 would round
+    examples = [e for p in parts if p["examples"]
+                for e in json.loads(read(s3, bucket, p["examples"]))["examples"]]
+    assert len(examples) == 16  # a handful of rows a part: every one is a candidate
+    assert all(len(e["cuts"]) == len(e["prediction"]) and isinstance(e["label"], str)
+               for e in examples)
+
+    merged = handler(merge)
+    assert merged["report"] == f"s3://{bucket}/predictions/zip-codes/report/"
+    assert merged["labelled"] == 16 and merged["correct"] == single.correct <= 13
+    data = read(s3, bucket, "predictions/zip-codes/predictions.csv")
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    assert list(rows[0]) == ["source", "prediction", "confidence", "status", "error", "label",
+                             "digits"]
+    by_source = {r["source"]: r for r in rows}
+    assert all(by_source[name]["label"] == text for name, text in truth.items())  # "054" too
+    [seven] = [r for r in rows if len(r["label"]) == 7]  # LENGTH=3-6: for review
+    assert seven["status"] == "review" and seven["error"] == "read 7 digits, expected 3-6"
+    [two] = [r for r in rows if len(r["label"]) == 2]  # two clear digits are not cut to fit
+    assert two["status"] == "review" and two["error"] == "read 2 digits, expected 3-6"
+    assert two["prediction"] == two["label"]
+    report = json.loads(read(s3, bucket, "predictions/zip-codes/report/report.json"))
+    assert report["mode"] == "number" and report["fields"] == 16
+    assert report["exact_match"] == pytest.approx(merged["accuracy"])
+    assert report["run"]["read"] == "number" and report["run"]["length"] == "3-6"
+    assert report["run"]["source"] == f"s3://{bucket}/incoming/zip-codes/"
+
+    assert read(s3, bucket, "single/zip-codes/predictions.csv") == data
+    names = [k.removeprefix("single/zip-codes/report/")
+             for k in keys_under(s3, bucket, "single/zip-codes/report/")]
+    assert {"report.json", "classification_report.txt", "coverage.csv", "report.html"} <= \
+        set(names)
+    for name in names:
+        assert read(s3, bucket, f"predictions/zip-codes/report/{name}") == \
+            read(s3, bucket, f"single/zip-codes/report/{name}"), name
+    html = read(s3, bucket, "predictions/zip-codes/report/report.html").decode("utf-8")
+    for name in wrong:  # the misread fields are shown (their names, escaped, in the page)
+        assert name.rsplit("/", 1)[1] in html
+
+
+def test_a_merge_refuses_parts_of_another_read_mode(
+        moto_endpoint, handler, mnist, monkeypatch):  # noqa: F811
+    """A job whose READ or LENGTH changed half-way (a redeploy) has parts of two kinds: their
+    rows and arrays cannot make one CSV. The merge says so and writes nothing."""
+    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    put_all(s3, bucket, {f"incoming/mixed/{i:02d}.png": png(mnist.x_test[i]) for i in range(12)})
+    source = f"s3://{bucket}/incoming/mixed/"
+    first, second, third = batches("mixed-1", source,
+                                   listed_items(s3, bucket, "incoming/mixed/"), 4)
+    handler(first)  # READ unset: digits
+    read_as(monkeypatch, "number", "1")
+    handler(second)
+    jobs = "predictions/.jobs/mixed-1/parts/"
+    metas = [json.loads(read(s3, bucket, k)) for k in keys_under(s3, bucket, jobs)
+             if k.endswith(".json") and not k.endswith(".examples.json")]
+    assert sorted((m["read"], m.get("length")) for m in metas) == [("digit", None),
+                                                                   ("number", "1")]
+    assert {type(m["y_true"]) for m in metas} == {str, list}  # base64 int8, or digit strings
+    merge = {"merge": {"job_id": "mixed-1", "source": source}}
+    with pytest.raises(ValueError, match=r"different read modes \(1 with READ=digit, 1 with "
+                                         r"READ=number LENGTH=1\)"):
+        handler(merge)
+    assert keys_under(s3, bucket, "predictions/mixed/") == []  # no CSV
+    assert len(keys_under(s3, bucket, jobs)) == 4  # both parts (CSV, .json) stay for a redo
+
+    read_as(monkeypatch)  # back to digits: the third batch, and a redo of the second
+    handler(third)
+    handler(second)  # the same keys: the same part, now scored as digits
+    read_as(monkeypatch, "number")
+    with pytest.raises(ValueError, match="scored with READ=digit but the function now has "
+                                         r"READ=number LENGTH=\(any\)"):
+        handler(merge)
+    read_as(monkeypatch, "digit", "")  # as the template sets it: digits, no length
+    merged = handler(merge)
+    assert merged["rows"] == 12 and merged["parts"] == 3
+    assert read(s3, bucket, "predictions/mixed/predictions.csv").startswith(
+        b"source,prediction,confidence,status,error\r\n")
+
+
+def test_number_parts_must_match_the_length_too(
+        moto_endpoint, handler, mnist_test_images, mnist_bundle, monkeypatch):  # noqa: F811
+    x, y = mnist_test_images
+    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    fields = clean_fields(mnist_bundle, x, y, [5, 5, 5])
+    put_all(s3, bucket, {f"incoming/five/{i}.png": f.png for i, f in enumerate(fields)})
+    source = f"s3://{bucket}/incoming/five/"
+    read_as(monkeypatch, "number", "5")
+    for event in batches("five-1", source, listed_items(s3, bucket, "incoming/five/"), 2):
+        handler(event)
+    read_as(monkeypatch, "number", "4-6")
+    merge = {"merge": {"job_id": "five-1", "source": source}}
+    with pytest.raises(ValueError, match=r"READ=number LENGTH=5 but the function now has "
+                                         r"READ=number LENGTH=4-6"):
+        handler(merge)
+    assert keys_under(s3, bucket, "predictions/five/") == []  # nothing written
+    read_as(monkeypatch, "number", "5")
+    merged = handler(merge)
+    rows = list(csv.DictReader(io.StringIO(
+        read(s3, bucket, "predictions/five/predictions.csv").decode("utf-8"), newline="")))
+    assert [r["prediction"] for r in rows] == [f.text for f in fields]
+    assert merged["scored"] == 3 and merged["review"] == 0

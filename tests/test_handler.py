@@ -17,6 +17,7 @@ import boto3
 import numpy as np
 import pytest
 from PIL import Image
+from test_s3_jobs import check_digits_column, clean_fields, parse_digits
 
 from conftest import ROOT
 from digit_factory import zip_of
@@ -362,3 +363,86 @@ def test_messages_close_to_the_timeout_go_back_to_the_queue_unstarted(stack, lam
             if entry.get("message") == "message not started: too close to the timeout"] == \
         ["m0", "m1"]
 
+
+
+NUMBER_COLUMNS = ["source", "prediction", "confidence", "status", "error", "digits"]
+
+
+def test_read_number_reads_each_upload_as_one_number(stack, lambda_root, mnist_test_images,
+                                                      mnist_bundle):
+    """READ=number: an uploaded image, and each member of an uploaded zip, is one field read
+    into a digit string, with the digits column. Folder names are no field's label, and without
+    labels there is no report."""
+    x, y = mnist_test_images
+    fields = clean_fields(mnist_bundle, x, y, [5, 4, 6, 3])
+    s3, bucket = stack["s3"], stack["bucket"]
+    s3.put_object(Bucket=bucket, Key="incoming/7/meter.png", Body=fields[0].png)
+    members = {"3/a.png": fields[1].png, "b.png": fields[2].png, "c d.png": fields[3].png,
+               "empty.png": png(np.full((60, 200), 255, np.uint8)), "notes.txt": b"text"}
+    s3.put_object(Bucket=bucket, Key="incoming/forms.zip", Body=zip_of(members))
+    [response] = invoke(lambda_root, sqs_event(stack), env={"READ": "number", "LENGTH": ""})
+    assert response == {"batchItemFailures": []}
+    found = outputs(stack)
+    assert set(found) == {"predictions/7/meter.png.csv", "predictions/forms.zip.csv"}
+
+    text = found["predictions/7/meter.png.csv"].decode("utf-8")
+    assert text.splitlines()[0] == ",".join(NUMBER_COLUMNS)
+    [single] = rows(found["predictions/7/meter.png.csv"])
+    assert single["source"] == f"s3://{bucket}/incoming/7/meter.png"
+    assert single["status"] == "ok" and single["error"] == ""
+    check_digits_column(single, fields[0])  # the reading, digit by digit, where it was written
+
+    archive = rows(found["predictions/forms.zip.csv"])
+    assert list(archive[0]) == NUMBER_COLUMNS
+    by_member = {r["source"].rsplit("!/", 1)[1]: r for r in archive}
+    assert list(by_member) == ["3/a.png", "b.png", "c d.png", "empty.png"]  # archive order
+    for name, field in zip(["3/a.png", "b.png", "c d.png"], fields[1:], strict=True):
+        row = by_member[name]
+        assert row["status"] == "ok" and len(parse_digits(row["digits"])) == len(field.text)
+        assert row["prediction"] == field.text  # 4, 6 and 3 digits: no LENGTH, any number
+    check_digits_column(by_member["b.png"], fields[2])
+    empty = by_member["empty.png"]
+    assert (empty["status"], empty["prediction"], empty["digits"]) == ("blank", "", "")
+
+
+def test_length_from_the_environment_sends_other_lengths_to_review(
+        stack, lambda_root, mnist_test_images, mnist_bundle):
+    x, y = mnist_test_images
+    fields = clean_fields(mnist_bundle, x, y, [5, 7, 5])
+    s3, bucket = stack["s3"], stack["bucket"]
+    for i, field in enumerate(fields):
+        s3.put_object(Bucket=bucket, Key=f"incoming/zip-codes/{i}.png", Body=field.png)
+    [result] = invoke(lambda_root, {"source": f"s3://{bucket}/incoming/zip-codes/"},
+                      env={"READ": "number", "LENGTH": "5"})
+    assert (result["scored"], result["review"], result["failed"]) == (3, 1, 0)
+    assert result["accuracy"] is None  # no labels
+    found = outputs(stack)
+    assert set(found) == {"predictions/zip-codes/predictions.csv"}  # no report without labels
+    first, seven, last = rows(found["predictions/zip-codes/predictions.csv"])
+    assert list(first) == NUMBER_COLUMNS
+    assert (first["prediction"], first["status"]) == (fields[0].text, "ok")
+    assert (last["prediction"], last["status"]) == (fields[2].text, "ok")
+    assert seven["status"] == "review" and seven["error"] == "read 7 digits, expected 5"
+    assert len(parse_digits(seven["digits"])) == 7
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"READ": "numbers"}, "READ must be digit or number, got 'numbers'"),
+    ({"READ": "digit", "LENGTH": "5"}, "LENGTH '5' needs READ=number"),
+    ({"READ": "number", "LENGTH": "6-4"}, "LENGTH: '6-4': need 1 <= MIN <= MAX <= 40"),
+])
+def test_a_bad_read_or_length_fails_the_message_before_scoring(stack, lambda_root,
+                                                               mnist_test_images, env, message):
+    """The settings are read with the bundle when the first upload is scored: its message fails
+    (back to the queue, then to the dead-letter queue, where the alarm sees it), and nothing is
+    scored in a mode nobody asked for."""
+    s3, bucket = stack["s3"], stack["bucket"]
+    s3.put_object(Bucket=bucket, Key="incoming/one.png", Body=png(mnist_test_images[0][0]))
+    event = sqs_event(stack)
+    [upload] = [r["messageId"] for r in event["Records"] if "Records" in json.loads(r["body"])]
+    [response], logs = run_handler(lambda_root, event, env=env)
+    assert response == {"batchItemFailures": [{"itemIdentifier": upload}]}  # not s3:TestEvent
+    [failed] = [line for line in logs
+                if line.get("message") == "message failed; SQS will deliver it again"]
+    assert failed["message_id"] == upload and message in str(failed["exception"])
+    assert outputs(stack) == {}

@@ -445,6 +445,62 @@ def test_function_runtime_handler_and_environment(template):
         assert env[key], key
 
 
+def test_read_and_length_parameters_reach_the_function_as_read_and_length(template):
+    params = template["Parameters"]
+    assert params["Read"]["Type"] == "String" and params["Read"]["Default"] == "digit"
+    assert params["Read"]["AllowedValues"] == ["digit", "number"]
+    assert params["Length"]["Type"] == "String" and params["Length"]["Default"] == ""
+    for name in ("Read", "Length"):
+        assert "number" in params[name]["Description"]
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    assert sum(g["Parameters"] == ["Read", "Length"] for g in groups) == 1
+    variables = function(template)["Environment"]["Variables"]
+    assert variables["READ"] == {"Ref": "Read"} and variables["LENGTH"] == {"Ref": "Length"}
+    assert {k: v for k, v in Resolver(template)(variables).items()
+            if k in ("READ", "LENGTH")} == {"READ": "digit", "LENGTH": ""}  # as before: digits
+    custom = Resolver(template, Read="number", Length="4-6")(variables)
+    assert (custom["READ"], custom["LENGTH"]) == ("number", "4-6")
+
+
+def test_length_pattern_admits_what_the_function_accepts(template):
+    """Every Length the template admits starts the function (with Read=number), except MIN
+    above MAX, which a pattern cannot see; everything else is refused at deploy time."""
+    from scorer.s3_jobs import parse_read
+
+    pattern = re.compile(template["Parameters"]["Length"]["AllowedPattern"])
+    for good in ("", "5", "4-6", "1", "40", "1-40", "12-12"):
+        assert pattern.fullmatch(good), good
+    for bad in ("0", "41", "4-", "-4", "4-6-8", " 5", "five", "05", "4 - 6", "4..6", "5,6"):
+        assert not pattern.fullmatch(bad), bad
+    numbers = [str(n) for n in range(0, 43)] + ["05", "007", "100"]
+    for text in ["", *numbers, *(f"{a}-{b}" for a in numbers for b in numbers)]:
+        low, _, high = text.partition("-")
+        ordered = not high or int(low) <= int(high)
+        try:
+            parse_read("number", text)
+            accepted = True
+        except ValueError:
+            accepted = False
+        if pattern.fullmatch(text):
+            assert accepted == ordered, text
+        else:  # refused at deploy time; the function would take only a leading zero ("05")
+            padded = any(len(part) > 1 and part.startswith("0") for part in text.split("-"))
+            assert not accepted or padded, text
+
+
+def test_rules_refuse_a_length_without_number_mode(template):
+    rule = template["Rules"]["LengthNeedsNumberMode"]
+    for values, applies, holds in (({}, False, False),
+                                   ({"Read": "number"}, False, True),
+                                   ({"Read": "number", "Length": "5"}, True, True),
+                                   ({"Read": "digit", "Length": "5"}, True, False)):
+        r = Resolver(template, **values)
+        assert r(rule["RuleCondition"]) is applies, values
+        [assertion] = rule["Assertions"]
+        assert r(assertion["Assert"]) is holds, values
+    assert "Read=number" in assertion["AssertDescription"]
+
+
 def test_handler_module_defines_handler():
     import ast
 

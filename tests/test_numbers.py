@@ -145,13 +145,44 @@ def test_cheapest_reading_and_length_choose_between_cuts():
     assert three.problem == "read 1 digits, expected 3"
 
 
-def test_marks_are_skipped_and_x_ranges_reported_in_image_pixels():
+def test_a_length_far_costlier_than_the_best_reading_is_not_forced():
+    # two clear digits; reading them as four needs two unlikely cuts
+    found = candidates([(0, 1), (1, 2), (2, 3), (3, 4), (0, 2), (2, 4)], [2.0] * 4 + [0.0] * 2,
+                       [np.inf] * 4)
+    p = one_hot([1, 1, 1, 1, 7, 3], [0.9, 0.9, 0.9, 0.9, 0.99, 0.99])
+    choice = choose(found, p, parse_length("4"))
+    assert [d.value for d in choice.digits] == [7, 3]
+    assert choice.problem == "read 2 digits, expected 4"
+
+
+def test_marks_are_skipped_and_columns_reported():
     found = candidates([(0, 1), (1, 2), (2, 3)], [0.0, 0.0, 0.0], [np.inf, 0.1, np.inf])
     p = one_hot([4, 1, 2], [0.99, 0.6, 0.99])  # the middle atom, a comma, looks like a 1
-    choice = choose(found, p, None, scale=2.0)
+    choice = choose(found, p, None)
     assert [d.value for d in choice.digits] == [4, 2]
-    assert [(d.x0, d.x1) for d in choice.digits] == [(0, 4), (10, 14)]
+    assert [(d.x0, d.x1, d.atoms) for d in choice.digits] == [(0, 8, (0, 1)), (20, 28, (2, 3))]
     assert field_confidence(choice.digits) == pytest.approx(0.99 * 0.99, rel=1e-6)
+
+
+def test_frame_maps_field_pixels_back_to_the_image():
+    """A dot in an image, scaled, turned and sheared as the reader does, comes back where it
+    was."""
+    from PIL import Image
+
+    from scorer.numbers.field import Frame, to_work_size, upright
+
+    image = np.zeros((40, 300), np.float32)
+    image[12:16, 100:140] = 255.0  # a bar, so that the slant search has something to see
+    grey, scale = to_work_size(image)
+    before = grey.shape
+    turned = np.asarray(Image.fromarray(grey).rotate(-3.0, Image.Resampling.BILINEAR,
+                                                     expand=True, fillcolor=0.0), np.float32)
+    sheared, slant = upright(turned)
+    frame = Frame(scale, 3.0, before, turned.shape, slant, (sheared.shape[1] - turned.shape[1]) // 2)
+    ys, xs = np.nonzero(sheared > 128)
+    x, y = frame.to_image(xs, ys)
+    assert abs(x.min() - 100) < 3 and abs(x.max() - 139) < 3
+    assert abs(y.mean() - 13.5) < 2
 
 
 # --- metrics -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ HEAVY = {"tensorflow", "keras", "tf_keras", "sklearn", "scipy", "matplotlib", "t
 LAYERS = [
     {"scorer", "scorer.files", "scorer.s3client"},  # leaves everyone shares
     {"scorer.images"},
-    {"scorer.sources", "scorer.report", "scorer.bundle"},
+    {"scorer.sources", "scorer.report", "scorer.bundle", "scorer.numbers"},
     {"scorer.workers"},
     {"scorer.pipeline"},
     {"scorer.outputs"},

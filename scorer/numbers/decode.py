@@ -20,13 +20,18 @@ from scorer.numbers.segments import Candidates
 FLOOR = 1e-4  # probabilities below this count as this (a -log cost of at most 9.2)
 
 
+LENGTH_SLACK = 3.0  # a reading of the expected length may cost this much more than the best
+
+
 class Digit(NamedTuple):
-    """One digit of a reading: class index, confidence, and its columns x0:x1 in the image."""
+    """One digit of a reading: class index, confidence, its columns x0:x1 (in the field's
+    pixels here; the reader maps them to the image's) and the atoms it was read from."""
 
     value: int
     confidence: float
     x0: int
     x1: int
+    atoms: tuple[int, int] = (0, 0)
 
 
 class Choice(NamedTuple):
@@ -36,11 +41,11 @@ class Choice(NamedTuple):
     problem: str
 
 
-def choose(found: Candidates, probabilities: np.ndarray, length: Length | None,
-           scale: float = 1.0) -> Choice:
-    """Candidates and their float (n, classes) probabilities -> the cheapest reading, within
-    `length` if any reading there is possible. x ranges are divided by `scale` (work px per
-    image px)."""
+def choose(found: Candidates, probabilities: np.ndarray, length: Length | None) -> Choice:
+    """Candidates and their float (n, classes) probabilities -> the cheapest reading. With
+    `length`, the cheapest of that length, unless it costs LENGTH_SLACK more than the best of
+    any length: a field of 2 clear digits is not cut into 5 to fit; it is read as 2, for
+    review."""
     n_atoms = len(found.skip)
     best = probabilities.argmax(1) if len(probabilities) else np.zeros(0, int)
     confidence = probabilities[np.arange(len(best)), best] if len(best) else np.zeros(0)
@@ -50,9 +55,13 @@ def choose(found: Candidates, probabilities: np.ndarray, length: Length | None,
     counts = [k for k in range(most + 1) if math.isfinite(table[n_atoms][k])]
     if not counts:
         return Choice([], "")
-    allowed = [k for k in counts if length is None or length.admits(k)]
-    k = min(allowed or counts, key=lambda k: table[n_atoms][k])
-    digits = _trace(back, found, best, confidence, n_atoms, k, scale)
+    k = min(counts, key=lambda k: table[n_atoms][k])
+    allowed = [c for c in counts if length is not None and length.admits(c)]
+    if allowed:
+        fit = min(allowed, key=lambda c: table[n_atoms][c])
+        if table[n_atoms][fit] <= table[n_atoms][k] + LENGTH_SLACK:
+            k = fit
+    digits = _trace(back, found, best, confidence, n_atoms, k)
     problem = ""
     if length is not None and not length.admits(len(digits)):
         problem = f"read {len(digits)} digits, expected {length}"
@@ -83,15 +92,15 @@ def _paths(found: Candidates, cost: np.ndarray, n_atoms: int, most: int):
     return table, back
 
 
-def _trace(back, found: Candidates, best, confidence, i: int, k: int, scale: float):
+def _trace(back, found: Candidates, best, confidence, i: int, k: int):
     digits = []
     while i > 0:
         c, start = back[(i, k)]
         if c >= 0:
             a, b = found.spans[c]
-            x0, x1 = found.atom_x[a:b, 0].min(), found.atom_x[a:b, 1].max()
-            digits.append(Digit(int(best[c]), float(confidence[c]), int(x0 / scale),
-                                int(math.ceil(x1 / scale))))
+            digits.append(Digit(int(best[c]), float(confidence[c]),
+                                int(found.atom_x[a:b, 0].min()), int(found.atom_x[a:b, 1].max()),
+                                (int(a), int(b))))
             k -= 1
         i = start
     return digits[::-1]

@@ -35,16 +35,38 @@ INK_LEVEL = 64.0  # a blurred, stretched pixel above this is ink
 STRONG_INK = 128.0  # every piece of ink must reach this somewhere (faint smudges do not)
 
 
+class Frame(NamedTuple):
+    """How the field's pixels came from the image's: scaled by `scale`, turned by `angle`
+    degrees (a `before` (h, w) image became an `after` one), then sheared by `slant` (x per y,
+    `pad` columns added each side)."""
+
+    scale: float
+    angle: float = 0.0
+    before: tuple[int, int] = (0, 0)
+    after: tuple[int, int] = (0, 0)
+    slant: float = 0.0
+    pad: int = 0
+
+    def to_image(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Field coordinates (float arrays) -> the image's own pixel coordinates."""
+        x = np.asarray(x, float) + self.slant * (np.asarray(y, float) - self.after[0] / 2) \
+            - self.pad
+        y = np.asarray(y, float)
+        if self.angle:
+            t = np.radians(-self.angle)
+            dx, dy = x - self.after[1] / 2, y - self.after[0] / 2
+            x = np.cos(t) * dx - np.sin(t) * dy + self.before[1] / 2
+            y = np.sin(t) * dx + np.cos(t) * dy + self.before[0] / 2
+        return x / self.scale, y / self.scale
+
+
 class Field(NamedTuple):
     """grey: float32 (h, w) in [0, 255], light ink on dark, straightened and upright; ink: bool
-    (h, w); scale: work px per original px; angle: degrees the field was turned to straighten
-    it; slant: the shear (x per y) taken out of the handwriting."""
+    (h, w); frame: how its pixels map back to the image's."""
 
     grey: np.ndarray
     ink: np.ndarray
-    scale: float
-    angle: float
-    slant: float
+    frame: Frame
 
 
 def load_field(data: bytes) -> Field:
@@ -56,9 +78,12 @@ def load_field(data: bytes) -> Field:
     if dark:
         grey, background = 255.0 - grey, 255.0 - background
     grey = stretch_contrast(flatten_background(grey, paper=dark, background=background))
+    before = grey.shape
     grey, angle = straighten(grey)
-    grey, slant = upright(grey)
-    return Field(grey, ink_mask(grey), scale, angle, slant)
+    after = grey.shape
+    sheared, slant = upright(grey)
+    pad = (sheared.shape[1] - after[1]) // 2
+    return Field(sheared, ink_mask(sheared), Frame(scale, angle, before, after, slant, pad))
 
 
 def to_work_size(grey: np.ndarray) -> tuple[np.ndarray, float]:

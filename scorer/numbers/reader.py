@@ -13,32 +13,34 @@ from scorer.images.errors import BlankImageError
 from scorer.images.geometry import Geometry
 from scorer.numbers.components import pieces
 from scorer.numbers.decode import Digit, choose, field_confidence
-from scorer.numbers.field import load_field
+from scorer.numbers.field import Frame, load_field
 from scorer.numbers.length import Length
 from scorer.numbers.lines import remove_form_lines
-from scorer.numbers.segments import Candidates, atoms_of, candidates, text_height, tidy
+from scorer.numbers.segments import Atom, Candidates, atoms_of, candidates, text_height, tidy
 
 THUMB_HEIGHT = 32  # px of the field picture kept for the report
 
 
 class FieldCut(NamedTuple):
-    """A field cut into candidate digits, ready for the model; `thumb` is uint8 light-on-dark."""
+    """A field cut into candidate digits, ready for the model; `thumb` is uint8 light-on-dark,
+    the field as the reader saw it (straightened, upright), `thumb_scale` of its size."""
 
     found: Candidates
-    scale: float  # work px per image px
+    image_x: np.ndarray  # int (atoms, 2): each atom's columns in the image's own pixels
     thumb: np.ndarray
-    thumb_scale: float  # thumbnail px per image px
+    thumb_scale: float
 
 
 class Reading(NamedTuple):
-    """A field read: its digits (class indices, confidences, x ranges in image px), the field's
-    confidence, a reason for review ('' if none), and the thumbnail for the report."""
+    """A field read: its digits (class indices, confidences, columns x0:x1 in the image's
+    pixels), the field's confidence, a reason for review ('' if none), the thumbnail for the
+    report and each digit's columns in it (`cuts`)."""
 
     digits: list[Digit]
     confidence: float
     problem: str
     thumb: np.ndarray
-    thumb_scale: float
+    cuts: tuple[tuple[int, int], ...]
 
 
 def cut_field(data: bytes, geometry: Geometry) -> FieldCut:
@@ -54,24 +56,38 @@ def cut_field(data: bytes, geometry: Geometry) -> FieldCut:
     if not found:
         raise BlankImageError()
     atoms = atoms_of(found, height)
-    thumb, thumb_scale = thumbnail(field.grey, field.scale)
+    thumb, thumb_scale = thumbnail(field.grey)
     lined = bool(np.count_nonzero(field.ink & ~ink))  # form lines were removed: slivers remain
-    return FieldCut(candidates(field.grey, atoms, found, height, geometry, lined), field.scale,
-                    thumb, thumb_scale)
+    return FieldCut(candidates(field.grey, atoms, found, height, geometry, lined),
+                    image_columns(atoms, field.frame), thumb, thumb_scale)
 
 
 def read_cut(cut: FieldCut, probabilities: np.ndarray, length: Length | None) -> Reading:
     """A FieldCut and the model's probabilities for its candidates -> Reading."""
-    choice = choose(cut.found, probabilities, length, cut.scale)
-    return Reading(choice.digits, field_confidence(choice.digits), choice.problem, cut.thumb,
-                   cut.thumb_scale)
+    choice = choose(cut.found, probabilities, length)
+    digits = [d._replace(x0=int(cut.image_x[a:b, 0].min()), x1=int(cut.image_x[a:b, 1].max()))
+              for d in choice.digits for a, b in [d.atoms]]
+    cuts = tuple((round(d.x0 * cut.thumb_scale), round(d.x1 * cut.thumb_scale))
+                 for d in choice.digits)
+    return Reading(digits, field_confidence(digits), choice.problem, cut.thumb, cuts)
 
 
-def thumbnail(grey: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
-    """The straightened field at THUMB_HEIGHT px high (at most 16 times as wide)."""
+def image_columns(atoms: list[Atom], frame: Frame) -> np.ndarray:
+    """Each atom's columns x0:x1 in the image's own pixels, from its ink (a slanted or turned
+    digit's box corners would reach past it)."""
+    spans = np.zeros((len(atoms), 2), int)
+    for k, atom in enumerate(atoms):
+        ys, xs = np.nonzero(atom.mask)
+        x, _ = frame.to_image(xs + atom.x0 + 0.5, ys + atom.y0 + 0.5)
+        spans[k] = max(0, int(np.floor(x.min()))), int(np.ceil(x.max()))
+    return spans
+
+
+def thumbnail(grey: np.ndarray) -> tuple[np.ndarray, float]:
+    """The field as read at THUMB_HEIGHT px high (at most 16 times as wide), and its scale."""
     h, w = grey.shape
     factor = min(THUMB_HEIGHT / h, 16 * THUMB_HEIGHT / w)
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
     small = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)).resize(
         size, Image.Resampling.BOX)
-    return np.asarray(small), factor * scale
+    return np.asarray(small), factor
