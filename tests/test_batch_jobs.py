@@ -15,7 +15,6 @@ import boto3
 import numpy as np
 import pytest
 from PIL import Image
-from test_s3_jobs import check_digits_column, clean_fields, parse_digits
 
 from scorer import batch_jobs, outputs, s3_jobs, sources
 from scorer.bundle import load_bundle
@@ -25,6 +24,7 @@ from scorer.workers import NumberMode
 
 from digit_factory import zip_of
 from moto_server import _reset_scorer_client, moto_endpoint, moto_server  # noqa: F401
+from test_s3_jobs import check_digits_column, clean_fields, parse_digits
 
 BATCH = 100  # items per batch (the template's MaxItemsPerBatch; smaller here, for more parts)
 

@@ -17,11 +17,11 @@ import boto3
 import numpy as np
 import pytest
 from PIL import Image
-from test_s3_jobs import check_digits_column, clean_fields, parse_digits
 
 from conftest import ROOT
 from digit_factory import zip_of
 from moto_server import moto_endpoint  # noqa: F401
+from test_s3_jobs import check_digits_column, clean_fields, parse_digits
 
 SUFFIXES = (".png", ".jpg", ".zip")
 

@@ -178,7 +178,8 @@ def test_frame_maps_field_pixels_back_to_the_image():
     turned = np.asarray(Image.fromarray(grey).rotate(-3.0, Image.Resampling.BILINEAR,
                                                      expand=True, fillcolor=0.0), np.float32)
     sheared, slant = upright(turned)
-    frame = Frame(scale, 3.0, before, turned.shape, slant, (sheared.shape[1] - turned.shape[1]) // 2)
+    pad = (sheared.shape[1] - turned.shape[1]) // 2
+    frame = Frame(scale, 3.0, before, turned.shape, slant, pad)
     ys, xs = np.nonzero(sheared > 128)
     x, y = frame.to_image(xs, ys)
     assert abs(x.min() - 100) < 3 and abs(x.max() - 139) < 3

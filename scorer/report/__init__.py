@@ -1,7 +1,8 @@
 """Evaluation reports: metrics, scikit-learn-compatible text, CSV, JSON and a static HTML page.
 
 ``metrics`` (numbers and text), ``coverage`` (accuracy against coverage by confidence),
-``fields`` (number fields: exact matches, digit accuracy), ``examples`` (which images to show), ``page`` (report.html),
+``fields`` (number fields: exact matches, digit accuracy), ``examples`` (which images to
+show), ``page`` (report.html),
 ``build`` (every file in memory; the caller writes them to a folder or to S3).
 """
 
