@@ -136,8 +136,8 @@ def _regular(stubs: list[tuple]) -> list[tuple]:
     if len(stubs) < MIN_TICKS:
         return []
     tall = np.array([y1 - y0 for _, _, y0, y1 in stubs], float)
-    similar = [s for s, t in zip(stubs, tall, strict=True)
-               if abs(t - np.median(tall)) <= 0.25 * np.median(tall)]
+    typical = float(np.median(tall))
+    similar = [s for s, t in zip(stubs, tall, strict=True) if abs(t - typical) <= 0.25 * typical]
     if len(similar) < MIN_TICKS:
         return []
     centres = np.array([(x0 + x1) / 2 for x0, x1, _, _ in similar])

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from scorer.images.errors import BlankImageError
 from scorer.images.geometry import Geometry
 from scorer.images.normalization import fit_digit
 from scorer.images.steps import place
@@ -22,13 +23,14 @@ from scorer.numbers.components import Piece, merge
 MAX_ATOMS = 4  # most atoms in one candidate digit
 SPECK = 0.2  # pieces smaller than this many text heights both ways are dust, dots, commas
 SMALL = 0.5  # pieces shorter than this many text heights are marks or parts of a digit
-WIDE = 0.7  # pieces wider than this many text heights may hold several digits: cut them
+WIDE = 1.0  # pieces wider than this many text heights may hold several digits: cut them
 MAX_WIDTH = 1.6  # no candidate digit is wider than this many text heights
 MAX_GAP = 0.35  # pieces further apart than this many text heights are not one digit
 # Shape costs, in the units of -log(probability), measured on the dev set of fields
 CUT_BASE, CUT_PER_STROKE, CUT_INK = 1.0, 1.5, 2.0  # a cut; each stroke beyond one; ink crossed
 NARROW_CUT = 3.0  # extra for cutting a piece of about one digit's width (x (1.6 - widths))
 WIDE_FROM, WIDE_COST = 1.6, 2.0  # a candidate wider than this many digit widths, per width
+WIDE_POWER = 1  # linear: measured better than quadratic on the dev fields
 SQUAT_FROM, SQUAT_COST = 1.1, 0.0  # a candidate wider than this many text heights, per height
 SHORT_FROM, SHORT_COST = 0.6, 4.0  # a candidate shorter than this many text heights, per height
 JOIN_COSTS = (0.3, 1.2, 3.0)  # joining a small piece, a part, two tall pieces
@@ -37,6 +39,8 @@ SIGN_REACH = 0.1  # a piece reaching this many text heights above and below the 
 SLIVER = 0.035  # with form lines, pieces this many field heights wide are taken for their rest
 SIGN_COST = 2.5  # ...is more likely a currency sign than a digit: reading it as one costs this
 MAX_PENALTY = 3.0  # candidates whose shape alone costs more are never worth scoring
+DRIFT = 0.2  # a cut's path strays at most this many text heights from its column
+PATH_STEP, PATH_PULL = 0.1, 0.02  # a path's cost of a sideways step, and per px from its column
 CUT_MARGIN = 0.1  # cuts stay this many text heights from a piece's sides, twice from another
 
 
@@ -118,22 +122,71 @@ def digit_width(found: list[Piece], height: float) -> float:
 
 
 def atoms_of(found: list[Piece], height: float) -> list[Atom]:
-    """Pieces -> atoms, left to right: wide pieces sliced at their candidate cuts. Cutting a
+    """Pieces -> atoms, left to right: wide pieces sliced along their candidate cuts. Cutting a
     piece no wider than about one digit costs extra (it is more likely one wide digit)."""
     atoms: list[Atom] = []
     width = digit_width(found, height)
     for index, piece in enumerate(found):
-        edges = [0, *cuts(piece, height), piece.width]
+        paths = cut_paths(piece.mask, cuts(piece, height), round(DRIFT * height))
         narrow = NARROW_CUT * max(0.0, 1.6 - piece.width / width)
-        for k, (c0, c1) in enumerate(zip(edges, edges[1:], strict=False)):
-            mask = piece.mask[:, c0:c1]
-            rows = np.flatnonzero(mask.any(1))
+        h, w = piece.mask.shape
+        bounds = [np.zeros(h, int), *paths, np.full(h, w)]
+        columns = np.arange(w)[None, :]
+        for k, (left, right) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            mine = piece.mask & (columns >= left[:, None]) & (columns < right[:, None])
+            rows, cols = np.flatnonzero(mine.any(1)), np.flatnonzero(mine.any(0))
             if rows.size == 0:
                 continue
-            cost = 0.0 if k == 0 else cut_cost(piece.mask, c0, height) + narrow
-            atoms.append(Atom(index, piece.x0 + c0, piece.x0 + c1, piece.y0 + int(rows[0]),
-                              piece.y0 + int(rows[-1]) + 1, mask[rows[0] : rows[-1] + 1], cost))
+            cost = 0.0 if k == 0 else path_cost(piece.mask, left, height) + narrow
+            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            atoms.append(Atom(index, piece.x0 + int(x0), piece.x0 + int(x1),
+                              piece.y0 + int(y0), piece.y0 + int(y1), mine[y0:y1, x0:x1], cost))
     return atoms
+
+
+def cut_paths(mask: np.ndarray, starts: list[int], drift: int) -> list[np.ndarray]:
+    """A top-to-bottom path near each candidate column that crosses as little ink as it can,
+    moving at most a pixel sideways a row and `drift` px from its column: int (h,) per cut,
+    the first column of the right part in each row. Two digits that overlap slantwise are
+    separated where a straight cut would slice both. Paths never cross (each stays right of
+    the one before)."""
+    if not starts:
+        return []
+    h, w = mask.shape
+    offsets = np.arange(-drift, drift + 1)
+    columns = np.clip(np.array(starts)[:, None] + offsets[None, :], 0, w - 1)  # (cuts, window)
+    ink = mask[:, columns].astype(np.float32)  # (h, cuts, window)
+    ink += PATH_PULL * np.abs(offsets)[None, None, :]  # keep near the chosen column
+    total = ink[0].copy()
+    steps = np.zeros((h, *total.shape), np.int8)
+    for y in range(1, h):
+        left = np.empty_like(total)
+        left[:, 0], left[:, 1:] = np.inf, total[:, :-1] + PATH_STEP
+        right = np.empty_like(total)
+        right[:, -1], right[:, :-1] = np.inf, total[:, 1:] + PATH_STEP
+        step = steps[y]
+        from_left, from_right = left < total, right < np.minimum(left, total)
+        step[from_left], step[from_right] = -1, 1
+        total = np.minimum(np.minimum(left, right), total) + ink[y]
+    position = total.argmin(1)
+    path = np.zeros((h, len(starts)), int)
+    rows = np.arange(len(starts))
+    for y in range(h - 1, -1, -1):
+        path[y] = columns[rows, position]
+        position = position + steps[y, rows, position]
+    paths = [path[:, k] for k in range(len(starts))]
+    for k in range(1, len(paths)):
+        paths[k] = np.maximum(paths[k], paths[k - 1])
+    return paths
+
+
+def path_cost(mask: np.ndarray, path: np.ndarray, height: float) -> float:
+    """Cutting where two digits touch is cheap (one stroke crossed, thinly); cutting through a
+    loop (a 0, the bowl of a 6) crosses two strokes or more, and costs more for each."""
+    on = mask[np.arange(mask.shape[0]), np.minimum(path, mask.shape[1] - 1)]
+    strokes = int(np.count_nonzero(on[1:] & ~on[:-1])) + int(on[0])
+    return CUT_BASE + CUT_PER_STROKE * max(0, strokes - 1) + \
+        CUT_INK * float(np.count_nonzero(on)) / height
 
 
 def cuts(piece: Piece, height: float) -> list[int]:
@@ -159,15 +212,6 @@ def cuts(piece: Piece, height: float) -> list[int]:
     return sorted(chosen)
 
 
-def cut_cost(mask: np.ndarray, x: int, height: float) -> float:
-    """Cutting where two digits touch is cheap (one stroke crossed, thinly); cutting through a
-    loop (a 0, the bowl of a 6) crosses two strokes or more, and costs more for each."""
-    column = mask[:, max(0, x - 1)] | mask[:, x]
-    strokes = int(np.count_nonzero(column[1:] & ~column[:-1])) + int(column[0])
-    return CUT_BASE + CUT_PER_STROKE * max(0, strokes - 1) + \
-        CUT_INK * float(np.count_nonzero(column)) / height
-
-
 def candidates(grey: np.ndarray, atoms: list[Atom], found: list[Piece], height: float,
                geometry: Geometry, lined: bool = False) -> Candidates:
     """Every run of neighbouring atoms that could be one digit, normalised for the model.
@@ -179,15 +223,20 @@ def candidates(grey: np.ndarray, atoms: list[Atom], found: list[Piece], height: 
     spans, images, penalties = [], [], []
     for i, j in _runs(atoms):
         penalty = _shape_cost(atoms, i, j, height, width)
-        if penalty is None or (penalty > MAX_PENALTY and j > i + 1
+        if penalty is None or (penalty >= MAX_PENALTY and j > i + 1
                                and not _whole_piece(atoms, i, j)):
             continue
         if any(a.piece in signs for a in atoms[i:j]):
             penalty += SIGN_COST
+        image = _model_input(grey, atoms[i:j], geometry)
+        if image is None:  # too faint to show the model anything
+            continue
         spans.append((i, j))
-        images.append(_model_input(grey, atoms[i:j], geometry))
+        images.append(image)
         penalties.append(penalty)
     skip = np.array([_skip_cost(a, atoms, found, height, signs) for a in atoms])
+    readable = {i for i, j in spans if j == i + 1}
+    skip[[i for i in range(len(atoms)) if i not in readable]] = 0.0  # faint dust, left out
     return Candidates(np.array(spans, int).reshape(-1, 2),
                       np.stack(images) if images else
                       np.zeros((0, geometry.height, geometry.width), np.uint8),
@@ -235,7 +284,8 @@ def _shape_cost(atoms: list[Atom], i: int, j: int, height: float,
                 else JOIN_COSTS[2]
     sliced = group[0].cut_before > 0 or (j < len(atoms) and atoms[j].piece == group[-1].piece)
     wide, squat, tall = (x1 - x0) / digit, (x1 - x0) / height, (y1 - y0) / height
-    cost += WIDE_COST * max(0.0, wide - WIDE_FROM) + SQUAT_COST * max(0.0, squat - SQUAT_FROM) \
+    cost += WIDE_COST * max(0.0, wide - WIDE_FROM) ** WIDE_POWER \
+        + SQUAT_COST * max(0.0, squat - SQUAT_FROM) \
         + SHORT_COST * max(0.0, SHORT_FROM - tall)
     return cost + (SLICE_COST if sliced and (x1 - x0) < 0.35 * height else 0.0)
 
@@ -272,15 +322,19 @@ def _skip_cost(atom: Atom, atoms: list[Atom], found: list[Piece], height: float,
     return np.inf
 
 
-def _model_input(grey: np.ndarray, group: list[Atom], geometry: Geometry) -> np.ndarray:
-    """The group's own ink (not its neighbours'), normalised as a single digit is."""
+def _model_input(grey: np.ndarray, group: list[Atom], geometry: Geometry) -> np.ndarray | None:
+    """The group's own ink (not its neighbours'), normalised as a single digit is; None if
+    that leaves nothing to see."""
     x0, x1 = min(a.x0 for a in group), max(a.x1 for a in group)
     y0, y1 = min(a.y0 for a in group), max(a.y1 for a in group)
     mask = np.zeros((y1 - y0, x1 - x0), bool)
     for a in group:
         mask[a.y0 - y0 : a.y1 - y0, a.x0 - x0 : a.x1 - x0] |= a.mask
     crop = grey[y0:y1, x0:x1] * _grow(mask)
-    return place(fit_digit(crop, max(crop.shape), geometry), geometry)
+    try:
+        return place(fit_digit(crop, max(crop.shape), geometry), geometry)
+    except BlankImageError:
+        return None
 
 
 def _grow(mask: np.ndarray) -> np.ndarray:
