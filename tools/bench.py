@@ -9,7 +9,10 @@ The PNGs are MNIST's 10,000 test images, then training images up to --images. Pr
   - the wall time of a one-image run (process start to CSV), and the handler's cold start,
 and, on photographed/drawn digits made by tests/digit_factory.py, the accuracy of the per-image
 loop against ours; with --cnn, the MLP and CNN bundles side by side (MNIST accuracy, size,
-training time, images/s, and accuracy on the held-out "other hands" of tools/other_hands.py).
+training time, images/s, and accuracy on the held-out "other hands" of tools/other_hands.py);
+and for `--read number`, fields read exactly, digits right and wrong lengths on the held-out
+number fields of tools/number_fields.py, for each bundle, and fields/s for the whole process on
+600 fields of about 100 x 600 px (with --workers 1 too).
 Figures only: nothing here asserts a speed.
 """
 
@@ -175,6 +178,53 @@ def compare_models(bundles: dict[str, str], folder: Path, work: Path) -> None:
               f"{rate:>10,.0f}" + "".join(f"{acc:>14.2%}" for acc in others))
 
 
+def number_fields(bundles: dict[str, str], work: Path, rounds: int) -> None:
+    """`--read number` on the held-out field sets (never tuned on), and its speed."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import number_fields as fields
+
+    sets = {name: fields.build_set(ROOT / ".number-fields", name)
+            for name in fields.REPORTED}
+    print(f"\n--read number{'':<9}" + "".join(f"{name:>34}" for name in sets))
+    print(f"{'model':<22}" + f"{'exact':>12}{'digits':>10}{'wrong len':>12}" * len(sets))
+    for name, bundle in bundles.items():
+        results = [fields.evaluate(bundle, path) for path in sets.values()]
+        print(f"{name:<22}" + "".join(f"{r['exact_match']:>12.2%}{r['digit_accuracy']:>10.2%}"
+                                      f"{r['wrong_length']:>12.2%}" for r in results))
+    folder = speed_fields(ROOT / ".bench" / "fields-100x600")
+    bundle = next(iter(bundles.values()))
+    commands = {
+        "whole": score_command(bundle, folder, work / "fields.csv", "--read", "number"),
+        "single": score_command(bundle, folder, work / "fields1.csv", "--read", "number",
+                                "--workers", "1"),
+    }
+    best, _ = best_of(commands, rounds)
+    count = sum(1 for _ in folder.glob("*.png"))
+    print(f"fields/s, {count} fields of 7 digits, about 100 x 600 px (PNG), best of {rounds}: "
+          f"whole process {count / best['whole']:,.0f}, --workers 1 {count / best['single']:,.0f} "
+          f"({best['single'] / best['whole']:.2f}x)")
+
+
+def speed_fields(folder: Path, count: int = 600) -> Path:
+    """Fields to time (made once): 7 MNIST test digits 60 px high, about 100 x 600 px, in
+    turn spaced, in a comb, in boxes and underlined."""
+    if folder.is_dir() and sum(1 for _ in folder.glob("*.png")) == count:
+        return folder
+    from trainer.data import load_mnist
+
+    from field_factory import field_digits, render_field
+
+    mnist = load_mnist()
+    rng = np.random.default_rng(5)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        digits, _ = field_digits(mnist.x_test, mnist.y_test, rng, 7)
+        style = ("spaced", "comb", "boxes", "underline")[i % 4]
+        data = render_field(digits, rng, style, height=60, fmt="PNG")
+        (folder / f"{i:04d}.png").write_bytes(data)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="artifacts", help="model bundle folder")
@@ -182,6 +232,8 @@ def main() -> None:
                         help="MNIST images to use (the test set first, then training images)")
     parser.add_argument("--styled", type=int, default=500, help="images per realistic style")
     parser.add_argument("--cnn", default=None, help="a CNN bundle to compare with --model")
+    parser.add_argument("--no-fields", action="store_true",
+                        help="skip the number fields (--read number)")
     parser.add_argument("--rounds", type=int, default=5,
                         help="runs of each throughput command, in turn; the best counts")
     args = parser.parse_args()
@@ -237,6 +289,9 @@ def main() -> None:
         if args.styled:
             styled_accuracy(args.model, mnist.x_test[-args.styled:], mnist.y_test[-args.styled:],
                             work)
+        if not args.no_fields:
+            bundles = {"MLP": args.model, **({"CNN": args.cnn} if args.cnn else {})}
+            number_fields(bundles, work, min(args.rounds, 3))
 
 
 if __name__ == "__main__":
