@@ -215,3 +215,28 @@ def test_field_metrics():
     digits = m["digits"]  # the 5 + 2 + 1 digits of the fields read with the right length
     assert digits["samples"] == 8 and digits["accuracy"] == pytest.approx(7 / 8)
     assert field_metrics(["12"], ["3"], DIGITS)["digits"] is None
+
+
+# --- bounded work ------------------------------------------------------------------------------
+
+
+def png(grey: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("density", [0.01, 0.03])
+def test_a_field_of_noise_is_refused_not_read_for_ever(density):
+    """Hundreds of separate specks the size of digits are not one number: an error row, found
+    before the work that grows with the square of the marks."""
+    from scorer.images import MNIST_GEOMETRY, ImageError
+    from scorer.numbers import cut_field
+
+    noise = np.random.default_rng(0).random((100, 2400)) < density
+    with pytest.raises(ImageError, match="not one number"):
+        cut_field(png(np.where(noise, 0, 255).astype(np.uint8)), MNIST_GEOMETRY)

@@ -33,14 +33,21 @@ class Piece(NamedTuple):
         return (self.x0 + self.x1) / 2
 
 
-def pieces(ink: np.ndarray) -> list[Piece]:
-    """bool (H, W) -> its 8-connected pieces, left to right by centre."""
+class TooManyPieces(ValueError):
+    """More separate pieces of ink than a field of digits can hold (noise, a page, a photo)."""
+
+
+def pieces(ink: np.ndarray, most: int | None = None) -> list[Piece]:
+    """bool (H, W) -> its 8-connected pieces, left to right by centre. Raises TooManyPieces if
+    there are more than `most` (before any is built: the check bounds the work)."""
     rows, starts, stops = row_runs(ink)
     if rows.size == 0:
         return []
     labels = _run_labels(rows, starts, stops, ink.shape[0])
     order = np.argsort(labels, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(labels[order])) + 1)
+    if most is not None and len(groups) > most:
+        raise TooManyPieces(f"{len(groups)} separate marks")
     return sorted((_piece(rows[g], starts[g], stops[g]) for g in groups),
                   key=lambda p: p.centre_x)
 

@@ -9,16 +9,28 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from scorer.images.errors import BlankImageError
+from scorer.images.errors import BlankImageError, ImageError
 from scorer.images.geometry import Geometry
-from scorer.numbers.components import pieces
+from scorer.numbers.components import TooManyPieces, pieces
 from scorer.numbers.decode import Digit, choose, field_confidence
 from scorer.numbers.field import Frame, load_field
-from scorer.numbers.length import Length
+from scorer.numbers.length import MAX_DIGITS, Length
 from scorer.numbers.lines import remove_form_lines
-from scorer.numbers.segments import Atom, Candidates, atoms_of, candidates, text_height, tidy
+from scorer.numbers.segments import (
+    Atom,
+    Candidates,
+    atoms_of,
+    candidates,
+    text_height,
+    tidy,
+    without_dust,
+)
 
 THUMB_HEIGHT = 32  # px of the field picture kept for the report
+# Work is bounded by the marks on a field: more than this many separate pieces of ink (dust
+# included) is noise, a page or a photo, not one number; the field is an error row, read no
+# further.
+MAX_MARKS = 1000
 
 
 class FieldCut(NamedTuple):
@@ -48,10 +60,17 @@ def cut_field(data: bytes, geometry: Geometry) -> FieldCut:
     with no ink once form lines are gone."""
     field = load_field(data)
     ink = remove_form_lines(field.ink)
-    found = pieces(ink)
+    try:
+        found = pieces(ink, MAX_MARKS)
+    except TooManyPieces as err:
+        raise ImageError(f"not one number: {err} (at most {MAX_MARKS})") from None
     if not found:
         raise BlankImageError()
     height = text_height(found)
+    found = without_dust(found, height)
+    if len(found) > 2 * MAX_DIGITS:  # before joining parts, which costs n^2 per join
+        raise ImageError(f"not one number: {len(found)} marks the size of digits (at most "
+                         f"{2 * MAX_DIGITS})")
     found = tidy(found, height)
     if not found:
         raise BlankImageError()

@@ -77,10 +77,15 @@ def text_height(found: list[Piece]) -> float:
     return float(np.median([p.height for p in found if p.height >= 0.5 * tallest]))
 
 
+def without_dust(found: list[Piece], height: float) -> list[Piece]:
+    """The pieces bigger than dust, dots and commas."""
+    return [p for p in found if max(p.height, p.width) >= SPECK * height]
+
+
 def tidy(found: list[Piece], height: float) -> list[Piece]:
-    """Drop dust; join a small piece to the piece it sits on or under (the detached bar of a 5,
-    a broken stroke) and pieces that overlap mostly (one digit broken in two)."""
-    found = [p for p in found if max(p.height, p.width) >= SPECK * height]
+    """Join a small piece to the piece it sits on or under (the detached bar of a 5, a broken
+    stroke) and pieces that overlap mostly (one digit broken in two)."""
+    found = list(found)
     joined = True
     while joined:
         joined = False
