@@ -169,7 +169,7 @@ def test_frame_maps_field_pixels_back_to_the_image():
     was."""
     from PIL import Image
 
-    from scorer.numbers.field import Frame, to_work_size, upright
+    from scorer.numbers.field import Frame, ink_mask, to_work_size, upright
 
     image = np.zeros((40, 300), np.float32)
     image[12:16, 100:140] = 255.0  # a bar, so that the slant search has something to see
@@ -177,7 +177,7 @@ def test_frame_maps_field_pixels_back_to_the_image():
     before = grey.shape
     turned = np.asarray(Image.fromarray(grey).rotate(-3.0, Image.Resampling.BILINEAR,
                                                      expand=True, fillcolor=0.0), np.float32)
-    sheared, slant = upright(turned)
+    sheared, _, slant = upright(turned, ink_mask(turned))
     pad = (sheared.shape[1] - turned.shape[1]) // 2
     frame = Frame(scale, 3.0, before, turned.shape, slant, pad)
     ys, xs = np.nonzero(sheared > 128)

@@ -78,12 +78,12 @@ def load_field(data: bytes) -> Field:
     if dark:
         grey, background = 255.0 - grey, 255.0 - background
     grey = stretch_contrast(flatten_background(grey, paper=dark, background=background))
-    before = grey.shape
-    grey, angle = straighten(grey)
+    before, ink = grey.shape, ink_mask(grey)
+    grey, ink, angle = straighten(grey, ink)
     after = grey.shape
-    sheared, slant = upright(grey)
+    sheared, ink, slant = upright(grey, ink)
     pad = (sheared.shape[1] - after[1]) // 2
-    return Field(sheared, ink_mask(sheared), Frame(scale, angle, before, after, slant, pad))
+    return Field(sheared, ink, Frame(scale, angle, before, after, slant, pad))
 
 
 def to_work_size(grey: np.ndarray) -> tuple[np.ndarray, float]:
@@ -133,14 +133,16 @@ def skew_angle(ink: np.ndarray) -> float:
     return float(best) if sharpness(best) > 1.05 * sharpness(0.0) else 0.0
 
 
-def straighten(grey: np.ndarray) -> tuple[np.ndarray, float]:
-    """Light-ink float32 (H, W) -> (straightened copy, angle turned in degrees)."""
-    angle = skew_angle(ink_mask(grey))
+def straighten(grey: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Light-ink float32 (H, W) and its ink -> (straightened copies, angle turned in
+    degrees)."""
+    angle = skew_angle(ink)
     if abs(angle) < MIN_SKEW_DEGREES:
-        return grey, 0.0
+        return grey, ink, 0.0
     turned = Image.fromarray(grey).rotate(-angle, Image.Resampling.BILINEAR, expand=True,
                                           fillcolor=0.0)
-    return np.asarray(turned, np.float32), angle
+    turned = np.asarray(turned, np.float32)
+    return turned, ink_mask(turned), angle
 
 
 def slant_of(ink: np.ndarray) -> float:
@@ -162,11 +164,12 @@ def slant_of(ink: np.ndarray) -> float:
     return float(best) if sharpness(best) > 1.02 * sharpness(0.0) else 0.0
 
 
-def upright(grey: np.ndarray) -> tuple[np.ndarray, float]:
-    """Light-ink float32 (H, W) -> (sheared so that the handwriting stands upright, shear)."""
-    shear = slant_of(ink_mask(grey))
+def upright(grey: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Light-ink float32 (H, W) and its ink -> (sheared so that the handwriting stands
+    upright, its ink, shear)."""
+    shear = slant_of(ink)
     if abs(shear) < MIN_SLANT:
-        return grey, 0.0
+        return grey, ink, 0.0
     h, w = grey.shape
     extra = int(np.ceil(abs(shear) * h / 2)) + 1
     # output (x, y) samples input (x + shear * (y - h/2) - extra, y)
@@ -174,4 +177,5 @@ def upright(grey: np.ndarray) -> tuple[np.ndarray, float]:
     sheared = Image.fromarray(grey).transform((w + 2 * extra, h), Image.Transform.AFFINE,
                                               coefficients, Image.Resampling.BILINEAR,
                                               fillcolor=0.0)
-    return np.asarray(sheared, np.float32), shear
+    sheared = np.asarray(sheared, np.float32)
+    return sheared, ink_mask(sheared), shear
