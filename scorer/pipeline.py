@@ -151,8 +151,9 @@ def rows(window: list[Input], classified: Classified, keep_probabilities: bool,
 
 def field_rows(window: list[Input], classified: Classified, labels: list[str],
                min_confidence: float | None) -> Iterator[Row]:
-    """Number mode: merge errors, blanks and readings back into input order. A reading below
-    `min_confidence`, outside the expected length, or of no digit at all is for review."""
+    """Number mode: merge errors, blanks and readings back into input order. A field with no
+    digit (only printed lines and marks) is blank; a reading below `min_confidence` or outside
+    the expected length is for review."""
     reasons, readings = iter(classified.reasons), iter(classified.readings)
     for item in window:
         reason = next(reasons) if item.error is None else item.error or "cannot read"
@@ -162,7 +163,10 @@ def field_rows(window: list[Input], classified: Classified, labels: list[str],
             yield Row(printable(item.name), None, None, status, reason, label)
             continue
         reading = next(readings)
-        problem = reading.problem or ("" if reading.digits else "no digit found")
+        if not reading.digits:  # only printed lines and marks (a dash in an empty amount)
+            yield Row(printable(item.name), None, None, STATUS_BLANK, BLANK_REASON, label)
+            continue
+        problem = reading.problem
         low = min_confidence is not None and reading.confidence < min_confidence
         status = STATUS_REVIEW if problem or low else STATUS_OK
         text = "".join(labels[digit.value] for digit in reading.digits)

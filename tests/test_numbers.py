@@ -230,13 +230,16 @@ def png(grey: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("density", [0.01, 0.03])
-def test_a_field_of_noise_is_refused_not_read_for_ever(density):
-    """Hundreds of separate specks the size of digits are not one number: an error row, found
+def test_a_field_of_noise_is_refused_not_read_for_ever():
+    """Hundreds of separate blots the size of digits are not one number: an error row, found
     before the work that grows with the square of the marks."""
     from scorer.images import MNIST_GEOMETRY, ImageError
     from scorer.numbers import cut_field
 
-    noise = np.random.default_rng(0).random((100, 2400)) < density
-    with pytest.raises(ImageError, match="not one number"):
-        cut_field(png(np.where(noise, 0, 255).astype(np.uint8)), MNIST_GEOMETRY)
+    rng = np.random.default_rng(0)
+    field = np.full((100, 2400), 255, np.uint8)
+    for x in range(10, 2380, 14):  # 170 blots, 8-10 px apart, 30-60 px high
+        top, tall = int(rng.integers(5, 40)), int(rng.integers(30, 60))
+        field[top:top + tall, x:x + 6] = 0
+    with pytest.raises(ImageError, match="not one number: 170 marks"):
+        cut_field(png(field), MNIST_GEOMETRY)

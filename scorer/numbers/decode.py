@@ -20,7 +20,7 @@ from scorer.numbers.segments import Candidates
 FLOOR = 1e-4  # probabilities below this count as this (a -log cost of at most 9.2)
 
 
-LENGTH_SLACK = 3.0  # a reading of the expected length may cost this much more than the best
+LENGTH_SLACK = 1.5  # a reading of the expected length may cost this much more than the best
 
 
 class Digit(NamedTuple):

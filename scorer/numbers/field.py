@@ -32,7 +32,6 @@ MIN_SKEW_DEGREES = 0.5
 MAX_SLANT = 0.6  # shear (x per y) of the most slanted handwriting taken upright
 MIN_SLANT = 0.08  # smaller angles are left alone: resampling would cost more than it gains
 INK_LEVEL = 64.0  # a blurred, stretched pixel above this is ink
-STRONG_INK = 128.0  # every piece of ink must reach this somewhere (faint smudges do not)
 
 
 class Frame(NamedTuple):

@@ -14,6 +14,8 @@ from scorer.numbers.runs import bands, close_gaps, long_runs
 
 LINE_LENGTH = 0.45  # a horizontal line runs at least this many field heights...
 LINE_COVER = 0.35  # ...and its rows have such runs over this share of the ink's width
+SEGMENT_LENGTH = 0.2  # or: a row of at least MIN_BOXES segments this many field heights long
+MIN_BOXES = 3
 MAX_THICKNESS = 0.1  # lines are at most this many field heights thick (at least 4 px)
 DASH_GAP = 0.1  # gaps up to this many field heights in a dashed or dotted line are bridged
 FULL_HEIGHT = 0.85  # a vertical line this many field heights long is printed, whatever it joins
@@ -48,22 +50,41 @@ def full_height_lines(ink: np.ndarray, thick: int, gap: int) -> list[tuple[int, 
 
 def horizontal_lines(ink: np.ndarray, thick: int, gap: int
                      ) -> list[tuple[int, int, np.ndarray]]:
-    """Thin bands of rows that hold long (gap-bridged) runs over much of the ink's width:
-    [(y0, y1, bool (W,) columns the line covers)]."""
+    """Thin bands of rows that hold long (gap-bridged) runs over much of the ink's width, or
+    a row of shorter segments standing out from the rows beside them (the tops and bottoms
+    of separate boxes): [(y0, y1, bool (W,) columns the line covers)]."""
     h, w = ink.shape
     used = np.flatnonzero(ink.any(0))
     if used.size == 0:
         return []
     span = used[-1] - used[0] + 1
-    long = long_runs(close_gaps(ink, gap), max(round(LINE_LENGTH * h), 8))
-    cover = long.sum(1)
+    bridged = close_gaps(ink, gap)
+    long = long_runs(bridged, max(round(LINE_LENGTH * h), 8))
+    parts = long_runs(bridged, max(round(SEGMENT_LENGTH * h), 6))
     lines = []
-    for y0, y1 in bands(cover >= LINE_COVER * span):
-        if y1 - y0 > thick:
-            continue
-        lo, hi = max(0, y0 - 1), min(h, y1 + 1)  # the rim of an antialiased line
-        lines.append((lo, hi, long[y0:y1].any(0)))
-    return lines
+    for y0, y1 in bands(long.sum(1) >= LINE_COVER * span):
+        if y1 - y0 <= thick:
+            lines.append((max(0, y0 - 1), min(h, y1 + 1), long[y0:y1].any(0)))
+    for y0, y1 in bands(_box_edge_rows(parts, span, thick)):
+        if y1 - y0 <= thick and not any(a <= y0 and y1 <= b for a, b, _ in lines):
+            lines.append((max(0, y0 - 1), min(h, y1 + 1), parts[y0:y1].any(0)))
+    return sorted(lines, key=lambda line: line[0])
+
+
+def _box_edge_rows(parts: np.ndarray, span: int, thick: int) -> np.ndarray:
+    """bool (H,): rows with at least MIN_BOXES segments covering LINE_COVER of the ink's width,
+    three times as covered as the rows a line's width above and below (inside a box there is
+    only its sides; inside handwriting, more handwriting)."""
+    cover = parts.sum(1).astype(float)
+    segments = np.count_nonzero(parts[:, 1:] & ~parts[:, :-1], axis=1) + parts[:, 0]
+    step = thick + 2
+    padded = np.pad(cover, step)
+    beside = np.maximum(padded[: -2 * step], padded[2 * step:])
+    rows = (segments >= MIN_BOXES) & (cover >= LINE_COVER * span) & (cover >= 3 * beside)
+    for y in np.flatnonzero(rows):  # printed boxes are alike; handwriting is not
+        lengths = np.diff(bands(parts[y]), axis=1)
+        rows[y] = lengths.max() <= 1.3 * lengths.min()
+    return rows
 
 
 def erase_band(ink: np.ndarray, y0: int, y1: int, columns: np.ndarray) -> None:

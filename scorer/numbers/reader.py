@@ -66,7 +66,7 @@ def cut_field(data: bytes, geometry: Geometry) -> FieldCut:
         raise ImageError(f"not one number: {err} (at most {MAX_MARKS})") from None
     if not found:
         raise BlankImageError()
-    height = text_height(found)
+    height = text_height(found, ink.shape[0])
     found = without_dust(found, height)
     if len(found) > 2 * MAX_DIGITS:  # before joining parts, which costs n^2 per join
         raise ImageError(f"not one number: {len(found)} marks the size of digits (at most "

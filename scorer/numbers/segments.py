@@ -21,6 +21,7 @@ from scorer.images.steps import place
 from scorer.numbers.components import Piece, merge
 
 MAX_ATOMS = 4  # most atoms in one candidate digit
+MIN_TEXT = 0.2  # digits are at least this many field heights tall
 SPECK = 0.2  # pieces smaller than this many text heights both ways are dust, dots, commas
 SMALL = 0.5  # pieces shorter than this many text heights are marks or parts of a digit
 WIDE = 1.0  # pieces wider than this many text heights may hold several digits: cut them
@@ -31,7 +32,9 @@ CUT_BASE, CUT_PER_STROKE, CUT_INK = 1.0, 1.5, 2.0  # a cut; each stroke beyond o
 NARROW_CUT = 3.0  # extra for cutting a piece of about one digit's width (x (1.6 - widths))
 WIDE_FROM, WIDE_COST = 1.6, 2.0  # a candidate wider than this many digit widths, per width
 WIDE_POWER = 1  # linear: measured better than quadratic on the dev fields
-SQUAT_FROM, SQUAT_COST = 1.1, 0.0  # a candidate wider than this many text heights, per height
+# A candidate wider than this many text heights, per height: off, it cost more than it gained
+# on the dev fields (touching pairs were cut more often, but their halves misread)
+SQUAT_FROM, SQUAT_COST = 1.1, 0.0
 SHORT_FROM, SHORT_COST = 0.6, 4.0  # a candidate shorter than this many text heights, per height
 JOIN_COSTS = (0.3, 1.2, 3.0)  # joining a small piece, a part, two tall pieces
 SLICE_COST = 1.5  # a narrow slice beside a cut (likely part of a digit, read as a 1)
@@ -70,11 +73,13 @@ class Candidates(NamedTuple):
     atom_x: np.ndarray
 
 
-def text_height(found: list[Piece]) -> float:
+def text_height(found: list[Piece], field_height: int) -> float:
     """The height of the digits: the median height of the pieces at least half as tall as the
-    tallest."""
+    tallest, and at least MIN_TEXT of the field's height (so that the dust left of an empty
+    form is dust, not tiny digits)."""
     tallest = max(p.height for p in found)
-    return float(np.median([p.height for p in found if p.height >= 0.5 * tallest]))
+    typical = float(np.median([p.height for p in found if p.height >= 0.5 * tallest]))
+    return max(typical, MIN_TEXT * field_height)
 
 
 def without_dust(found: list[Piece], height: float) -> list[Piece]:
