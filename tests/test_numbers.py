@@ -13,7 +13,14 @@ from scorer.numbers import Length, parse_length
 from scorer.numbers.components import pieces
 from scorer.numbers.decode import choose, field_confidence
 from scorer.numbers.lines import remove_form_lines
-from scorer.numbers.runs import bands, close_gaps, long_runs, paint_runs, row_runs
+from scorer.numbers.runs import (
+    bands,
+    bridged_runs,
+    close_gaps,
+    long_runs,
+    paint_runs,
+    row_runs,
+)
 from scorer.numbers.segments import Candidates
 from scorer.report.fields import edit_distance, field_metrics
 
@@ -61,6 +68,14 @@ def test_long_runs_and_gap_closing():
     assert close_gaps(mask, 1).astype(int).tolist() == [[1, 1, 0, 0, 1, 1, 1, 1, 1]]
     assert close_gaps(mask, 2).all()
     assert bands(np.array([0, 1, 1, 0, 1], bool)) == [(1, 3), (4, 5)]
+
+
+def test_bridged_runs_are_the_runs_of_the_bridged_image():
+    rng = np.random.default_rng(3)
+    for mask in random_masks():
+        gap = int(rng.integers(0, 6))
+        expected, found = row_runs(close_gaps(mask, gap)), bridged_runs(mask, gap)
+        assert all(np.array_equal(a, b) for a, b in zip(expected, found, strict=True))
 
 
 def test_pieces_match_scipy_8_connectivity():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scorer.numbers.runs import bands, close_gaps, long_runs
+from scorer.numbers.runs import bands, bridged_runs, close_gaps, long_runs, paint_long
 
 LINE_LENGTH = 0.45  # a horizontal line runs at least this many field heights...
 LINE_COVER = 0.35  # ...and its rows have such runs over this share of the ink's width
@@ -31,20 +31,21 @@ def remove_form_lines(ink: np.ndarray) -> np.ndarray:
     out = ink.copy()
     for y0, y1, columns in rows:
         erase_band(out, y0, y1, columns)
-    verticals = full_height_lines(ink, thick, gap)
+    columns = close_gaps(np.ascontiguousarray(ink.T), gap)  # dashed verticals bridged, (W, H)
+    verticals = full_height_lines(columns, thick)
     if rows:
-        verticals += vertical_lines(ink, rows, thick, gap)
+        verticals += vertical_lines(columns.T, rows, thick)
     for x0, x1, y0, y1 in verticals:
         erase_band(out.T, x0, x1, _span_flags(h, y0, y1))
     return out
 
 
-def full_height_lines(ink: np.ndarray, thick: int, gap: int) -> list[tuple[int, int, int, int]]:
+def full_height_lines(columns: np.ndarray, thick: int) -> list[tuple[int, int, int, int]]:
     """Thin vertical lines across (nearly) the whole field: a margin line, a box's sides.
-    Handwriting leaves a margin above and below; these do not."""
-    h = ink.shape[0]
-    bridged = close_gaps(ink.T, gap)
-    long = long_runs(bridged, round(FULL_HEIGHT * h)).any(1)
+    Handwriting leaves a margin above and below; these do not. `columns`: the ink transposed,
+    (W, H), its gaps bridged."""
+    h = columns.shape[1]
+    long = long_runs(columns, round(FULL_HEIGHT * h)).any(1)
     return [(x0, x1, 0, h) for x0, x1 in bands(long) if x1 - x0 <= thick]
 
 
@@ -58,9 +59,9 @@ def horizontal_lines(ink: np.ndarray, thick: int, gap: int
     if used.size == 0:
         return []
     span = used[-1] - used[0] + 1
-    bridged = close_gaps(ink, gap)
-    long = long_runs(bridged, max(round(LINE_LENGTH * h), 8))
-    parts = long_runs(bridged, max(round(SEGMENT_LENGTH * h), 6))
+    runs = bridged_runs(ink, gap)
+    long = paint_long(ink.shape, runs, max(round(LINE_LENGTH * h), 8))
+    parts = paint_long(ink.shape, runs, max(round(SEGMENT_LENGTH * h), 6))
     lines = []
     for y0, y1 in bands(long.sum(1) >= LINE_COVER * span):
         if y1 - y0 <= thick:
@@ -110,11 +111,11 @@ def _span_flags(n: int, start: int, stop: int) -> np.ndarray:
     return flags
 
 
-def vertical_lines(ink: np.ndarray, rows: list, thick: int, gap: int
+def vertical_lines(bridged: np.ndarray, rows: list, thick: int
                    ) -> list[tuple[int, int, int, int]]:
     """Thin vertical strokes that join two horizontal lines (comb separators, box sides, grid
-    paper) or stand evenly spaced on one (a comb's ticks): [(x0, x1, y0, y1)] to erase."""
-    bridged = close_gaps(ink.T, gap).T
+    paper) or stand evenly spaced on one (a comb's ticks): [(x0, x1, y0, y1)] to erase.
+    `bridged`: the ink (H, W) with its vertical gaps bridged."""
     found = []
     for (_, top, _), (bottom, _, _) in zip(rows, rows[1:], strict=False):
         if bottom - top < 4:

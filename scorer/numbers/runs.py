@@ -30,18 +30,36 @@ def paint_runs(shape: tuple[int, int], rows: np.ndarray, starts: np.ndarray,
 
 def long_runs(mask: np.ndarray, least: int) -> np.ndarray:
     """bool (H, W) -> bool: the pixels of horizontal runs at least `least` long."""
-    rows, starts, stops = row_runs(mask)
+    return paint_long(mask.shape, row_runs(mask), least)
+
+
+def paint_long(shape: tuple[int, int], runs: tuple, least: int) -> np.ndarray:
+    """bool `shape` with the runs (row_runs' answer) at least `least` long."""
+    rows, starts, stops = runs
     keep = stops - starts >= least
-    return paint_runs(mask.shape, rows[keep], starts[keep], stops[keep])
+    return paint_runs(shape, rows[keep], starts[keep], stops[keep])
+
+
+def bridged_runs(mask: np.ndarray, gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """row_runs of `mask` with gaps of at most `gap` px between runs of a row bridged: what
+    row_runs(close_gaps(mask, gap)) gives, without painting the image in between."""
+    rows, starts, stops = row_runs(mask)
+    if rows.size == 0:
+        return rows, starts, stops
+    joins = (rows[1:] == rows[:-1]) & (starts[1:] - stops[:-1] <= gap)
+    first = np.concatenate([[True], ~joins])  # a run that starts a bridged run
+    last = np.concatenate([~joins, [True]])
+    return rows[first], starts[first], stops[last]
 
 
 def close_gaps(mask: np.ndarray, gap: int) -> np.ndarray:
     """bool (H, W) -> bool with horizontal gaps of at most `gap` px between ink filled in (so a
     dashed or dotted line becomes one run)."""
     h, w = mask.shape
-    x = np.arange(w)
-    last = np.maximum.accumulate(np.where(mask, x, -(w + gap + 2)), axis=1)
-    after = np.minimum.accumulate(np.where(mask, x, 2 * w + gap + 2)[:, ::-1], axis=1)[:, ::-1]
+    x = np.arange(w, dtype=np.int32)  # int32: half the memory traffic of numpy's default
+    last = np.maximum.accumulate(np.where(mask, x, np.int32(-(w + gap + 2))), axis=1)
+    after = np.where(mask, x, np.int32(2 * w + gap + 2))[:, ::-1]
+    after = np.minimum.accumulate(after, axis=1)[:, ::-1]
     return mask | (after - last <= gap + 1)
 
 
