@@ -51,8 +51,8 @@ from scorer.s3client import (
 from scorer.sources import SourceStats
 
 PART_FORMAT = 1
-JOB_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,79}$")  # an execution name, path-safe
-PART_META = re.compile(r"^[0-9a-f]{32}\.json$")
+JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,79}")  # an execution name, path-safe
+PART_META = re.compile(r"[0-9a-f]{32}\.json")  # both matched whole (fullmatch: no "\n" after)
 COUNTS = ("rows", "objects", "skipped", "scored", "review", "blank", "failed", "labelled",
           "correct")
 
@@ -62,7 +62,7 @@ COUNTS = ("rows", "objects", "skipped", "scored", "review", "blank", "failed", "
 
 def job_prefix(job_id: str, config: Config) -> str:
     """`<output prefix>.jobs/<job id>/`: where a job's parts live until the merge."""
-    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
         raise ValueError(f"job_id must be 1-80 letters, digits, '.', '_' or '-', got {job_id!r}")
     return f"{config.output_prefix}.jobs/{job_id}/"
 
@@ -80,10 +80,12 @@ def job_source(source: str, config: Config) -> tuple[str, str]:
 
 def part_id(keys: list[str]) -> str:
     """Deterministic from the batch's keys (in any order), so a retried batch overwrites its
-    own part instead of adding a second one."""
+    own part instead of adding a second one. Each key is hashed with its length in front: keys
+    may hold any character, newlines included, so no separator could keep two lists apart."""
     digest = hashlib.sha256()
     for key in sorted(set(keys)):
-        digest.update(key.encode("utf-8", "surrogatepass") + b"\n")
+        data = key.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big") + data)
     return digest.hexdigest()[:32]
 
 
@@ -235,7 +237,8 @@ def merge_job(merge: dict, bundle: Bundle, config: Config) -> dict:
 
 def read_parts(bucket: str, prefix: str) -> list[dict]:
     """Every finished part's metadata (its `.json`), fetched concurrently."""
-    keys = [key for key in list_keys(bucket, prefix) if PART_META.match(posixpath.basename(key))]
+    keys = [key for key in list_keys(bucket, prefix)
+            if PART_META.fullmatch(posixpath.basename(key))]
     with ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="part-meta") as pool:
         parts = list(pool.map(lambda key: get_json(bucket, key), keys))
     for key, part in zip(keys, parts, strict=True):

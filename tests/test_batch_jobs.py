@@ -232,6 +232,26 @@ def test_sources_outside_the_input_prefix_and_bad_job_ids_are_refused(mnist_bund
     assert batch_jobs.job_prefix("exec-1", config) == "predictions/.jobs/exec-1/"
 
 
+def test_part_ids_of_keys_holding_newlines_do_not_collide():
+    """S3 keys may hold "\n": joined with it, batches [x, y] and [z] hashed alike, and the
+    merge kept one part's row for three objects."""
+    x = "incoming/job/1.png"
+    y = x + "\n0.png"
+    z = x + "\n" + y
+    assert batch_jobs.part_id([x, y]) != batch_jobs.part_id([z])
+    assert batch_jobs.part_id(["a\nb"]) != batch_jobs.part_id(["a", "b"])
+
+
+def test_job_ids_and_part_names_are_matched_whole():
+    """`$` also matches before a final newline: a job id or part name ending in one is not
+    one."""
+    config = s3_jobs.Config("model", "incoming/", "predictions/", None)
+    with pytest.raises(ValueError, match="job_id"):
+        batch_jobs.job_prefix("exec-1\n", config)
+    assert batch_jobs.PART_META.fullmatch("0" * 32 + ".json")
+    assert not batch_jobs.PART_META.fullmatch("0" * 32 + ".json\n")
+
+
 def test_part_ids_depend_on_the_keys_only_and_overlapping_parts_are_refused():
     assert batch_jobs.part_id(["b", "a"]) == batch_jobs.part_id(["a", "b", "a"])
     assert batch_jobs.part_id(["a"]) != batch_jobs.part_id(["a", "b"])
