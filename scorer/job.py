@@ -122,11 +122,11 @@ def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str |
     `collector` is fed the labelled predictions (with their images) even without `report_dir`.
     `formula_guard=False` writes cells exactly, even those a spreadsheet would run as
     formulas. With `numbers`, each input is a field read as a number (`--read number`)."""
-    sink = PredictionsCsv(out, bundle.labels, probabilities, label_column=label_column,
-                          formula_guard=formula_guard, fields=numbers is not None)
     tally = Tally(fields=numbers is not None)
     if collector is None and report_dir:
         collector = report.ExampleCollector()
+    sink = PredictionsCsv(out, bundle.labels, probabilities, label_column=label_column,
+                          formula_guard=formula_guard, fields=numbers is not None)
     try:
         rows = score(inputs, bundle, workers=workers, batch_size=batch_size,
                      keep_probabilities=probabilities, min_confidence=min_confidence,
@@ -139,7 +139,7 @@ def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str |
     except BaseException:
         sink.abort()
         raise
-    sink.finish()
+    sink.finish()  # removes its temporary files whatever happens in it, SIGTERM included
     tally.finish()
     if report_dir and tally.labelled:
         files = build_report(tally, bundle, collector.misclassified, collector.least_confident,

@@ -73,8 +73,12 @@ class PredictionsCsv:
         self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in finish/abort)
             "w", newline="", encoding="utf-8", suffix=".csv", delete=False,
             dir=local_dir_of(target))
-        self.writer = csv.writer(self.file)  # RFC 4180 quoting of commas, quotes, newlines
-        self.writer.writerow(csv_header(labels, True, with_probabilities, fields))
+        try:
+            self.writer = csv.writer(self.file)  # RFC 4180 quoting of commas, quotes, newlines
+            self.writer.writerow(csv_header(labels, True, with_probabilities, fields))
+        except BaseException:
+            self.abort()
+            raise
 
     @staticmethod
     def is_stream(target: str) -> bool:
@@ -116,11 +120,16 @@ class PredictionsCsv:
         return self.text(value) if isinstance(value, str) else self.class_cells[value]
 
     def finish(self) -> None:
+        """Publish the rows. Its temporary files go whatever happens here (a full disk, a
+        SIGTERM while the label column is dropped)."""
         self.file.close()
         path = self.file.name
-        if not self.any_label and self.label_column is not True:
-            path = drop_column(path, LABEL_COLUMN)
-        publish_file(path, self.target)
+        try:
+            if not self.any_label and self.label_column is not True:
+                path = drop_column(path, LABEL_COLUMN)
+            publish_file(path, self.target)
+        finally:
+            Path(self.file.name).unlink(missing_ok=True)
 
     def abort(self) -> None:
         self.file.close()
@@ -148,10 +157,16 @@ def local_dir_of(target: str) -> str | None:
 
 
 def drop_column(path: str, index: int) -> str:
+    """A copy of the CSV at `path` without column `index` (a new temporary file beside it; the
+    original is removed once the copy is complete, and the copy if it is not)."""
     fd, stripped = tempfile.mkstemp(suffix=".csv", dir=os.path.dirname(path))
-    with open(path, newline="", encoding="utf-8") as source, \
-            os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
-        copy_without_column(source, out, index)
+    try:
+        with open(path, newline="", encoding="utf-8") as source, \
+                os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
+            copy_without_column(source, out, index)
+    except BaseException:
+        Path(stripped).unlink(missing_ok=True)
+        raise
     os.unlink(path)
     return stripped
 

@@ -105,8 +105,10 @@ def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None
                 yield from rows(window, classified, keep_probabilities, min_confidence)
             else:
                 yield from field_rows(window, classified, bundle.labels, min_confidence)
-    finally:
-        scoring.close()
+    except BaseException:  # SIGTERM, Ctrl-C, a failed write: stop the workers, wait for none
+        scoring.abandon()
+        raise
+    scoring.close()
 
 
 def without_data(item: Input) -> Input:

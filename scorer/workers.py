@@ -469,11 +469,22 @@ class ScoringPool:
         return True
 
     def close(self) -> None:
+        """Stop the pool after its work is done: the workers finish and exit."""
         self.queued.clear()
         self.given.clear()
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.executor = None
+
+    def abandon(self) -> None:
+        """Stop the pool now (the run is being stopped): kill the workers and wait for no
+        task. Waiting for a pool whose workers a signal to the process group has already
+        killed can block for ever (its manager thread waits on a dead worker's pipe)."""
+        self.queued.clear()
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        self._discard_pool()
+        for process in processes:  # reap them: no zombies left behind
+            process.join(self.POLL_SECONDS)
 
 
 def split_by_budget(items: list[tuple[Input, int]], most: int, budget: int) -> list[list[Input]]:
