@@ -611,3 +611,23 @@ def test_a_corrupt_exif_chunk_is_ignored(mnist_images):
     broken = data[:end] + chunk + data[end:]
     np.testing.assert_array_equal(normalize(broken), normalize(data))
     assert images.normalize_many([broken])[0][0] is not None
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding():
+    """A progressive JPEG costs a pass over the whole image per scan: thousands of scans are
+    minutes of CPU for one small upload. More than MAX_JPEG_SCANS are refused unread; an
+    ordinary progressive JPEG (about 10 scans) decodes as before."""
+    from scorer.images.decoding import JPEG_SCAN, MAX_JPEG_SCANS
+
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray((rng.random((200, 300)) * 255).astype(np.uint8)).save(
+        buffer, "JPEG", progressive=True, quality=80)
+    plain = buffer.getvalue()
+    assert 2 <= plain.count(JPEG_SCAN) <= 20
+    assert decode(plain).shape == (200, 300)
+    end = plain.rfind(b"\xff\xd9")
+    last_scan = plain[plain.rfind(JPEG_SCAN):end]
+    bomb = plain[:end] + last_scan * MAX_JPEG_SCANS + b"\xff\xd9"  # repeated refinement scans
+    with pytest.raises(ImageError, match=r"too many JPEG scans: \d+ \(limit 100\)"):
+        decode(bomb)

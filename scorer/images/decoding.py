@@ -27,6 +27,10 @@ MAX_IMAGE_PIXELS = 24_000_000
 # width * height * bytes per pixel as Pillow holds them (after the JPEG draft): what decoding
 # one image may allocate. 48 MB is a 12 MP RGB or 4K RGBA screenshot, or 24 MP greyscale.
 MAX_DECODED_BYTES = 48 * 2**20
+# A progressive JPEG is decoded in one pass over the whole image per scan: encoders write about
+# 10 (mozjpeg's scripts up to ~30); thousands of near-empty scans cost minutes for one image.
+MAX_JPEG_SCANS = 100
+JPEG_START, JPEG_SCAN = b"\xff\xd8", b"\xff\xda"
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 # Orientation tag -> the transposition that makes the pixels upright (as ImageOps.exif_transpose)
 _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -135,10 +139,22 @@ def png_header(data: bytes) -> tuple[int, int, int, int] | None:
             data[24], data[25])
 
 
+def check_jpeg_scans(data: bytes) -> None:
+    """Refuse a JPEG of more than MAX_JPEG_SCANS scans before decoding it (its cost grows with
+    the scans, not the pixels or bytes). A scan starts at an SOS marker, FF DA, which cannot
+    occur inside entropy-coded data (an FF there is followed by 00 or a restart marker)."""
+    if bytes(data[:2]) == JPEG_START:
+        scans = bytes(data).count(JPEG_SCAN)
+        if scans > MAX_JPEG_SCANS:
+            raise ImageError(f"too many JPEG scans: {scans} (limit {MAX_JPEG_SCANS}), a "
+                             "decoding-time bomb")
+
+
 def open_image(data: bytes, max_side: int | None = None) -> Image.Image:
     """Bytes -> loaded, upright first frame; JPEGs may be decoded at reduced size (draft)."""
     if not isinstance(data, bytes | bytearray | memoryview) or len(data) == 0:
         raise ImageError("empty input: no image data")
+    check_jpeg_scans(data)
     try:
         im = _open_png(data) if data[:8] == PNG_SIGNATURE else None
         if im is not None:
