@@ -276,6 +276,31 @@ def test_labels_csv_that_does_not_exist(tmp_path, labelled_tree, mnist_bundle):
     assert_usage_error(done, mentions="--labels")
 
 
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_labels_that_are_not_a_regular_file_are_refused_at_once(tmp_path, labelled_tree,
+                                                                  mnist_bundle, kind):
+    """/dev/zero was read until memory ran out; a FIFO blocked before scoring started."""
+    labels = Path("/dev/zero")
+    if kind == "fifo":
+        labels = tmp_path / "labels.fifo"
+        os.mkfifo(labels)
+    done = score_cli(labelled_tree / "3", "--model", mnist_bundle, "--labels", labels,
+                     "--out", tmp_path / "out.csv", timeout=60)
+    assert_usage_error(done, mentions="not a regular file")
+
+
+def test_labels_csv_larger_than_the_limit_is_refused(tmp_path, monkeypatch):
+    from scorer.sources import LabelsError, labels
+
+    path = tmp_path / "labels.csv"
+    path.write_text("source,label\n" + "a.png,3\n" * 200, encoding="utf-8")
+    monkeypatch.setattr(labels, "MAX_LABELS_BYTES", 1000)
+    with pytest.raises(LabelsError, match="larger than"):
+        labels.read_labels_csv(str(path), [str(d) for d in range(10)])
+    monkeypatch.setattr(labels, "MAX_LABELS_BYTES", 10_000)
+    assert len(labels.read_labels_csv(str(path), [str(d) for d in range(10)])) == 1
+
+
 def test_awkward_file_names_survive_a_csv_round_trip(tmp_path, mnist_bundle, mnist_test_images):
     x, _ = mnist_test_images
     names = ["a,b.png", 'say "seven".png', "  spaced out .png", "ünïcödé 数字 ✓.png",

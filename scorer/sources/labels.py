@@ -7,9 +7,14 @@ entries matched an input, so the run can say how many matched nothing.
 from __future__ import annotations
 
 import csv
+import io
+import os
+import stat
 from collections.abc import Iterable, Iterator
 
 from scorer.sources.base import Input, SourceError
+
+MAX_LABELS_BYTES = 64 * 2**20  # a labels CSV larger than this is refused (memory: ~5x)
 
 
 class LabelsError(SourceError):
@@ -46,15 +51,27 @@ def read_number_labels_csv(path: str, classes: list[str]) -> dict[str, str]:
 def _read(path: str, parse) -> dict:
     labels: dict = {}
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"source", "label"} <= set(reader.fieldnames):
-                raise LabelsError("needs a header with 'source' and 'label' columns")
-            for line, entry in enumerate(reader, start=2):
-                labels[entry["source"]] = parse((entry["label"] or "").strip(), line)
+        reader = csv.DictReader(io.StringIO(_bounded_text(path), newline=""))
+        if not reader.fieldnames or not {"source", "label"} <= set(reader.fieldnames):
+            raise LabelsError("needs a header with 'source' and 'label' columns")
+        for line, entry in enumerate(reader, start=2):
+            labels[entry["source"]] = parse((entry["label"] or "").strip(), line)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise LabelsError(str(err)) from err
     return labels
+
+
+def _bounded_text(path: str) -> str:
+    """The file's text, if it is a regular file of at most MAX_LABELS_BYTES: a device such as
+    /dev/zero would be read for ever, a FIFO would block before scoring starts."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise LabelsError(f"{path} is not a regular file")
+    with open(path, "rb") as f:
+        data = f.read(MAX_LABELS_BYTES + 1)
+    if len(data) > MAX_LABELS_BYTES:
+        raise LabelsError(f"{path} is larger than {MAX_LABELS_BYTES // 2**20} MB (about a "
+                          "million rows): split the job")
+    return data.decode("utf-8-sig")
 
 
 class LabelMatcher:
