@@ -13,9 +13,11 @@ kills its process kills a worker, never the job.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 import warnings
 from collections import deque
 from collections.abc import Callable
@@ -228,6 +230,23 @@ def _normalise_group(group: list[tuple[int, bytes]], geometry: Geometry,
         results[i] = (image, reason)
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this worker when the process that started it dies, even by SIGKILL
+    (which no cleanup code sees): otherwise workers outlive a killed run. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl: the pool's owner still stops its workers
+        return
+    if os.getppid() == 1:  # the parent died before the request was made
+        os._exit(1)
+
+
 _worker: dict = {}  # per worker process: its geometry, its own TFLite interpreter, the gate
 
 
@@ -235,6 +254,7 @@ def _init_worker(model_content: bytes, geometry: Geometry, large_decode_gate,
                  numbers: NumberMode | None) -> None:
     # Forked from the CLI, a worker inherits its SIGTERM handler; the pool's owner decides.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent()
     _worker["geometry"] = geometry
     _worker["numbers"] = numbers
     _worker["classifier"] = Classifier(model_content, num_threads=1)

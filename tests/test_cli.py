@@ -595,6 +595,32 @@ def test_sigterm_stops_workers_and_leaves_no_files(tmp_path, mnist_bundle, mnist
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 
 
+def test_workers_die_with_a_killed_run(tmp_path, mnist_bundle, mnist_test_images):
+    """SIGKILL of digits-score (no cleanup code runs): its workers die with it instead of
+    running on for tens of seconds (Linux's parent-death signal)."""
+    import psutil
+
+    data = mnist_png(mnist_test_images[0][0])
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(200_000):
+            zf.writestr(f"img{i:06d}.png", data)
+    command = [sys.executable, "-m", "scorer", str(archive), "--model", str(mnist_bundle),
+               "--out", str(tmp_path / "out.csv"), "--workers", "3"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    while len(parent.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = parent.children(recursive=True)
+    assert len(workers) >= 2
+    proc.kill()
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not [w for w in alive if w.status() != psutil.STATUS_ZOMBIE]
+
+
 def test_sigterm_to_the_process_group_never_hangs(tmp_path, mnist_bundle, mnist_test_images):
     """SIGTERM to the whole process group (as systemd and `timeout` send it) at random moments
     of a run with workers: the workers die with the signal, and waiting for their pool used to
