@@ -7,6 +7,7 @@ overwrites its CSV instead of adding a second one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,10 +124,28 @@ def output_url(bucket: str, name: str, config: Config) -> str:
     return f"s3://{config.output_bucket or bucket}/{config.output_prefix}{name}"
 
 
+MAX_KEY_BYTES = 1024  # S3's limit on a key's length (UTF-8)
+LONGEST_OUTPUT = ".report/classification_report.txt"  # the longest name written below an object
+
+
+def output_name(key: str, config: Config) -> str:
+    """The key below the input prefix, which output keys are named after: shortened, when they
+    would pass S3's 1,024-byte limit, to its first bytes, "~" and a hash of the whole (still one
+    name per key, so a redelivered message overwrites its own outputs)."""
+    name = relative(key, config)
+    room = MAX_KEY_BYTES - len(config.output_prefix.encode("utf-8")) - len(LONGEST_OUTPUT)
+    data = name.encode("utf-8", "surrogatepass")
+    if len(data) <= room:
+        return name
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    return data[: max(0, room - 33)].decode("utf-8", "ignore") + "~" + digest
+
+
 def score_object(bucket: str, key: str, bundle: Bundle, config: Config) -> tuple[str, Tally]:
     """One image (one row) or zip archive (a row per member, plus a report when labelled)
-    -> `<output prefix><key below the input prefix>.csv`. S3 errors propagate (retry them)."""
-    name = relative(key, config)
+    -> `<output prefix><key below the input prefix>.csv` (see output_name for very long keys).
+    S3 errors propagate (retry them)."""
+    name = output_name(key, config)
     out = output_url(bucket, f"{name}.csv", config)
     is_archive = sources.extension(key) == sources.ZIP_EXTENSION
     report_dir = output_url(bucket, f"{name}.report/", config) if is_archive else None

@@ -178,6 +178,26 @@ def test_uploads_are_scored_once_and_redelivery_changes_nothing(stack, lambda_ro
     assert outputs(stack) == first
 
 
+def test_a_key_too_long_for_its_output_keys_is_scored_under_a_shortened_name(
+        stack, lambda_root, mnist_test_images):
+    """An input key of 1,018 bytes or more made output keys past S3's 1,024-byte limit: the
+    message was retried into the dead-letter queue. Its outputs now take a shortened name: its
+    first bytes, "~" and a hash of the whole; the row still names the whole key."""
+    x, y = mnist_test_images
+    s3, bucket = stack["s3"], stack["bucket"]
+    key = "incoming/" + "long-folder-name/" * 59 + "digit.png"
+    assert 1018 <= len(key.encode()) <= 1024
+    s3.put_object(Bucket=bucket, Key=key, Body=png(x[0]))
+    [response] = invoke(lambda_root, sqs_event(stack))
+    assert response == {"batchItemFailures": []}
+    [(name, data)] = outputs(stack).items()
+    assert len(name.encode()) <= 1024 - len(".report/classification_report.txt") + len(".csv")
+    assert name.startswith("predictions/long-folder-name/") and name.endswith(".csv")
+    assert "~" in name
+    [row] = rows(data)
+    assert row["source"] == f"s3://{bucket}/{key}" and row["status"] == "ok"
+
+
 def test_objects_in_the_output_prefix_never_trigger_scoring(stack, lambda_root,
                                                             mnist_test_images):
     s3, bucket = stack["s3"], stack["bucket"]
