@@ -18,11 +18,18 @@ def check_report_dir(report_dir: str | None) -> None:
 
     if report_dir is None or is_s3(report_dir):
         return
+    import tempfile
+
     path = Path(report_dir)
     while not path.exists() and path != path.parent:  # the nearest part that exists
         path = path.parent
     if not path.is_dir():
         raise click.BadParameter(f"{path} is not a folder", param_hint="--report-dir")
+    try:  # a read-only mount is found now, not after the whole run
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise click.BadParameter(f"cannot write in {path}: {err.strerror or err}",
+                                 param_hint="--report-dir") from err
 
 
 def check_out(out: str) -> None:

@@ -932,6 +932,17 @@ def test_report_dir_on_a_file_is_a_usage_error_before_scoring(tmp_path, labelled
     assert not out.exists()
 
 
+def test_report_dir_that_cannot_be_written_is_a_usage_error_before_scoring(
+        tmp_path, labelled_tree, mnist_bundle):
+    """/proc is a folder no one may write in (root included, unlike a chmod): the report would
+    have failed after the whole run, with a traceback, the CSV already replaced."""
+    out = tmp_path / "out.csv"
+    done = score_cli(labelled_tree / "1", "--model", mnist_bundle, "--out", out,
+                     "--report-dir", "/proc/digits-report")
+    assert_usage_error(done, mentions="cannot write in /proc")
+    assert not out.exists()
+
+
 def test_outputs_honour_the_umask(tmp_path, labelled_tree, mnist_bundle):
     out = tmp_path / "out.csv"
     report = tmp_path / "report"
