@@ -129,7 +129,7 @@ def score_batch(batch_input: dict, items: list[dict], bundle: Bundle,
         "rows": tally.total, "objects": len(listed), "skipped": stats.skipped,
         "ignored": len(set(keys)) - len(listed), **tally.counts(),
         "labelled": tally.labelled, "correct": tally.correct, "any_label": tally.any_label,
-        **read_mode(config), **_pack_labelled(tally),
+        **read_mode(config), "model": model_of(bundle), **_pack_labelled(tally),
     }
     put_json(out_bucket, f"{base}.json", meta)  # last: the part counts from now on
     result = {"part": s3_url(out_bucket, f"{base}.json"),
@@ -218,6 +218,7 @@ def merge_job(merge: dict, bundle: Bundle, config: Config) -> dict:
         raise ValueError(f"no parts under s3://{out_bucket}/{jobs}parts/: nothing was listed "
                          "under the source, or the job id is wrong")
     check_read_mode(parts, config, f"s3://{out_bucket}/{jobs}parts/")
+    check_model(parts, bundle, f"s3://{out_bucket}/{jobs}parts/")
     fields = config.numbers is not None
     out, report_dir = prefix_outputs(source, config)
     any_label = any(part["any_label"] for part in parts)
@@ -270,6 +271,35 @@ def check_read_mode(parts: list[dict], config: Config, where: str) -> None:
         raise ValueError(f"the parts under {where} were scored with {scored} but the function "
                          f"now has {expected}: merge with the configuration the job was scored "
                          "with, or run the job again under a new name")
+
+
+def model_of(bundle: Bundle) -> dict:
+    """What a part records of the model that scored it: the model file's SHA-256 (from the
+    verified manifest) and the class names its rows use."""
+    return {"sha256": bundle.manifest.files[bundle.model_file].sha256,
+            "labels": list(bundle.labels)}
+
+
+def check_model(parts: list[dict], bundle: Bundle, where: str) -> None:
+    """Every part must have been scored by the model the function has now: a deploy during a
+    long job would otherwise give one CSV of two models' answers (and, with renamed classes,
+    rows that name classes the report does not know)."""
+    def name(model: dict | None) -> str:
+        return "an unrecorded model" if not model else f"model {model['sha256'][:12]}"
+
+    current = model_of(bundle)
+    found: dict[str, int] = {}
+    for part in parts:
+        found[name(part.get("model"))] = found.get(name(part.get("model")), 0) + 1
+    if len(found) > 1:
+        raise ValueError(f"the parts under {where} were scored by different models ("
+                         + ", ".join(f"{n} by {m}" for m, n in sorted(found.items()))
+                         + "): the bundle changed during the job; run the job again under a "
+                         f"new name (the function now has {name(current)})")
+    if any(part.get("model") != current for part in parts):
+        raise ValueError(f"the parts under {where} were scored by {name(parts[0].get('model'))}"
+                         f" but the function now has {name(current)} (or its classes differ): "
+                         "run the job again under a new name")
 
 
 def in_key_order(parts: list[dict]) -> list[dict]:

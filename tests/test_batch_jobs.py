@@ -61,7 +61,12 @@ def handler(mnist_bundle, monkeypatch):
                  "LENGTH"):
         monkeypatch.delenv(name, raising=False)
     scorer.handler.bundle_and_config.cache_clear()
-    yield lambda event: scorer.handler.handler(event, Context())
+
+    def call(event):
+        return scorer.handler.handler(event, Context())
+
+    call.bundle_dir = mnist_bundle
+    yield call
     scorer.handler.bundle_and_config.cache_clear()
 
 
@@ -478,6 +483,34 @@ def test_labelled_number_fields_merge_into_the_number_report_a_prefix_job_writes
     html = read(s3, bucket, "predictions/zip-codes/report/report.html").decode("utf-8")
     for name in wrong:  # the misread fields are shown (their names, escaped, in the page)
         assert name.rsplit("/", 1)[1] in html
+
+
+def test_a_merge_refuses_parts_of_another_model(
+        moto_endpoint, handler, mnist, digits_bundle, monkeypatch):  # noqa: F811
+    """A deploy during a long job: parts scored by two bundles would make one CSV of two
+    models' answers. Each part records its model's SHA-256 and classes; the merge refuses
+    parts of different models, or of a model the function no longer has."""
+    import scorer.handler
+
+    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    put_all(s3, bucket, {f"incoming/deploy/{i:02d}.png": png(mnist.x_test[i]) for i in range(8)})
+    source = f"s3://{bucket}/incoming/deploy/"
+    first, second = batches("deploy-1", source, listed_items(s3, bucket, "incoming/deploy/"), 4)
+    handler(first)  # the MNIST bundle
+    monkeypatch.setenv("MODEL_DIR", str(digits_bundle))  # redeployed with another bundle
+    scorer.handler.bundle_and_config.cache_clear()
+    handler(second)
+    merge = {"merge": {"job_id": "deploy-1", "source": source}}
+    with pytest.raises(ValueError, match=r"scored by different models \(1 by model "):
+        handler(merge)
+    assert keys_under(s3, bucket, "predictions/deploy/") == []  # no CSV
+
+    handler(first)  # both parts by the new bundle now, but merged by the old one
+    monkeypatch.setenv("MODEL_DIR", str(handler.bundle_dir))
+    scorer.handler.bundle_and_config.cache_clear()
+    with pytest.raises(ValueError, match="but the function now has model "):
+        handler(merge)
 
 
 def test_a_merge_refuses_parts_of_another_read_mode(
