@@ -122,6 +122,7 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
                            if labels_csv else {})
     stats = SourceStats()
     inputs = matcher.apply(iter_inputs(sources, stats, defer_reads=True))
+    workers = checked_workers(workers)
     signal.signal(signal.SIGTERM, terminate)
     try:
         tally = score_to_outputs(inputs, bundle, out, report_dir, workers=workers,
@@ -155,6 +156,19 @@ class Terminated(BaseException):
 
 def terminate(_signum, _frame) -> None:
     raise Terminated
+
+
+def checked_workers(requested: int | None) -> int | None:
+    """--workers, capped (with a warning) at what the cores and the open-file limit allow."""
+    from scorer.workers import usable_workers
+
+    if requested is None:
+        return None
+    usable = usable_workers(requested)
+    if usable < requested:
+        click.echo(f"warning: --workers {requested}: using {usable} (the cores this process "
+                   "may use, and its open-file limit, allow no more)", err=True)
+    return usable
 
 
 def number_mode(read_mode: str, length_text: str | None, probabilities: bool,

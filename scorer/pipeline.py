@@ -20,7 +20,14 @@ from scorer.bundle import Bundle
 from scorer.images import BLANK_REASON
 from scorer.numbers import Reading
 from scorer.sources import Input
-from scorer.workers import Classified, NumberMode, ScoringPool, default_workers, input_cost
+from scorer.workers import (
+    Classified,
+    NumberMode,
+    ScoringPool,
+    default_workers,
+    input_cost,
+    usable_workers,
+)
 
 WINDOWS_IN_FLIGHT = 3  # windows of inputs in memory at once: with the budgets, the memory bound
 FIELDS_PER_CHUNK = 16  # a field costs as much as ~50 digits: smaller chunks keep cores busy
@@ -75,7 +82,7 @@ def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None
     """Yield one Row per input, in input order. Predictions whose confidence is below
     `min_confidence` get status "review" (they keep their prediction). With `numbers`, each
     input is a field read as a number (a reading outside its length is "review" too)."""
-    workers = workers or default_workers()
+    workers = usable_workers(workers or default_workers())
     if numbers is not None:
         batch_size = min(batch_size, FIELDS_PER_CHUNK)
     scoring = ScoringPool(bundle, workers, batch_size, numbers)

@@ -59,6 +59,24 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+FILES_PER_WORKER = 8  # descriptors a pool worker costs this process (pipes, sentinels), with room
+FILES_KEPT = 64  # descriptors left for everything else (sources, outputs, S3 connections)
+
+
+def usable_workers(requested: int) -> int:
+    """`requested` scoring processes, but no more than the cores this process may use (each
+    scores at full speed on its own core; more only share them and multiply memory) nor than
+    its open-file limit can feed (a low `ulimit -n` ran out of descriptors mid-run)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # RLIM_INFINITY is -1
+    except (ImportError, OSError, ValueError):  # not a POSIX system: no limit known
+        soft = -1
+    by_files = requested if soft < 0 else max(1, (soft - FILES_KEPT) // FILES_PER_WORKER + 1)
+    return max(1, min(requested, default_workers(), by_files))
+
+
 Prepared = tuple[np.ndarray | None, str]  # a model input, or None and a one-line reason
 PreparedField = tuple[FieldCut | None, str]  # a field's candidates, or None and a reason
 

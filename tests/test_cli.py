@@ -595,6 +595,31 @@ def test_sigterm_stops_workers_and_leaves_no_files(tmp_path, mnist_bundle, mnist
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 
 
+def test_workers_are_capped_by_the_cores_and_the_open_file_limit(tmp_path, labelled_tree,
+                                                                   mnist_bundle):
+    """--workers 256 on 2 cores started 255 workers; with `ulimit -n 64`, --workers 64 ran out
+    of file descriptors (a traceback, then a hang at exit). Both now run with what the machine
+    allows, and say so."""
+    import resource
+
+    cores = len(os.sched_getaffinity(0))
+    done = score_cli(labelled_tree, "--model", mnist_bundle, "--workers", "256",
+                     "--out", tmp_path / "many.csv")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"--workers 256: using {cores}" in done.stderr
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    command = [sys.executable, "-m", "scorer", str(labelled_tree), "--model", str(mnist_bundle),
+               "--workers", "64", "--out", str(tmp_path / "few.csv")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          preexec_fn=low_limit)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "--workers 64: using 1" in done.stderr
+    assert (tmp_path / "few.csv").read_text() == (tmp_path / "many.csv").read_text()
+
+
 def test_workers_die_with_a_killed_run(tmp_path, mnist_bundle, mnist_test_images):
     """SIGKILL of digits-score (no cleanup code runs): its workers die with it instead of
     running on for tens of seconds (Linux's parent-death signal)."""
