@@ -166,8 +166,8 @@ def checked_workers(requested: int | None) -> int | None:
         return None
     usable = usable_workers(requested)
     if usable < requested:
-        click.echo(f"warning: --workers {requested}: using {usable} (the cores this process "
-                   "may use, and its open-file limit, allow no more)", err=True)
+        click.echo(f"warning: --workers {requested}: using {usable} (at most two a core this "
+                   "process may use, and what its open-file limit allows)", err=True)
     return usable
 
 

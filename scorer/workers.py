@@ -59,14 +59,16 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+CORE_SHARE = 2  # most scoring processes per core
 FILES_PER_WORKER = 8  # descriptors a pool worker costs this process (pipes, sentinels), with room
 FILES_KEPT = 64  # descriptors left for everything else (sources, outputs, S3 connections)
 
 
 def usable_workers(requested: int) -> int:
-    """`requested` scoring processes, but no more than the cores this process may use (each
-    scores at full speed on its own core; more only share them and multiply memory) nor than
-    its open-file limit can feed (a low `ulimit -n` ran out of descriptors mid-run)."""
+    """`requested` scoring processes, but no more than twice the cores this process may use
+    (one a core scores at full speed; a second may help where reading files waits on a slow
+    disk; more only share the cores and multiply memory) nor than its open-file limit can feed
+    (a low `ulimit -n` ran out of descriptors mid-run)."""
     try:
         import resource
 
@@ -74,7 +76,7 @@ def usable_workers(requested: int) -> int:
     except (ImportError, OSError, ValueError):  # not a POSIX system: no limit known
         soft = -1
     by_files = requested if soft < 0 else max(1, (soft - FILES_KEPT) // FILES_PER_WORKER + 1)
-    return max(1, min(requested, default_workers(), by_files))
+    return max(1, min(requested, CORE_SHARE * default_workers(), by_files))
 
 
 Prepared = tuple[np.ndarray | None, str]  # a model input, or None and a one-line reason

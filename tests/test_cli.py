@@ -597,16 +597,16 @@ def test_sigterm_stops_workers_and_leaves_no_files(tmp_path, mnist_bundle, mnist
 
 def test_workers_are_capped_by_the_cores_and_the_open_file_limit(tmp_path, labelled_tree,
                                                                    mnist_bundle):
-    """--workers 256 on 2 cores started 255 workers; with `ulimit -n 64`, --workers 64 ran out
-    of file descriptors (a traceback, then a hang at exit). Both now run with what the machine
-    allows, and say so."""
+    """--workers 256 on 2 cores started 255 workers (now at most two a core); with `ulimit -n
+    64`, --workers 64 ran out of file descriptors (a traceback, then a hang at exit). Both now
+    run with what the machine allows, and say so."""
     import resource
 
     cores = len(os.sched_getaffinity(0))
     done = score_cli(labelled_tree, "--model", mnist_bundle, "--workers", "256",
                      "--out", tmp_path / "many.csv")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"--workers 256: using {cores}" in done.stderr
+    assert f"--workers 256: using {2 * cores}" in done.stderr
 
     def low_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
