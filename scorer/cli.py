@@ -129,7 +129,7 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
                                  batch_size=batch_size, probabilities=probabilities,
                                  min_confidence=min_confidence,
                                  formula_guard=not raw_csv, numbers=numbers,
-                                 run_info=number_info(numbers))
+                                 run_info=numbers and numbers.describe())
     except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
         raise click.UsageError(str(err)) from err  # listing starts; a model TFLite cannot load
     except Terminated:  # the job removed its temporary files and stopped its workers
@@ -193,13 +193,6 @@ def number_mode(read_mode: str, length_text: str | None, probabilities: bool,
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--length") from err
     return NumberMode(length)
-
-
-def number_info(numbers) -> dict | None:
-    """What the report's run section says about number mode."""
-    if numbers is None:
-        return None
-    return {"length": None if numbers.length is None else str(numbers.length)}
 
 
 def read_labels(path: str, classes: list[str], numbers: bool = False) -> dict:

@@ -179,7 +179,6 @@ def run_summary(tally: Tally, bundle: Bundle, run_info: dict | None,
         "images_blank": tally.blank, "images_failed": tally.failed,
         "unlabelled": tally.scored - tally.labelled,
         "min_confidence": min_confidence,
-        **({"read": "number"} if tally.fields else {}),
     }
     if timings:
         info["images_per_second"] = tally.rounded_rate

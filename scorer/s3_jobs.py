@@ -86,10 +86,7 @@ def parse_read(read: str, length: str) -> NumberMode | None:
 def read_mode(config: Config) -> dict:
     """What a job reads, as the report's run section and the scale-out parts record it:
     {"read": "digit"} or {"read": "number", "length": "5" | "4-6" | None}."""
-    if config.numbers is None:
-        return {"read": "digit"}
-    length = config.numbers.length
-    return {"read": "number", "length": None if length is None else str(length)}
+    return {"read": "digit"} if config.numbers is None else config.numbers.describe()
 
 
 def run_info(source: str, config: Config) -> dict:

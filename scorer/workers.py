@@ -88,6 +88,10 @@ class NumberMode(NamedTuple):
 
     length: Length | None = None
 
+    def describe(self) -> dict:
+        """What a job reads, as reports and scale-out parts record it."""
+        return {"read": "number", "length": None if self.length is None else str(self.length)}
+
 
 def prepare(data: bytes, geometry: Geometry) -> Prepared:
     """Bytes -> (model input, "") or (None, one-line reason). Never raises for bad images."""

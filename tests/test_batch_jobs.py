@@ -366,16 +366,22 @@ def score_in_batches(handler, s3, bucket: str, prefix: str, job_id: str, size: i
 LENGTHS = [5, 3, 6, 4, 5, 2, 7, 5, 3, 4, 6, 5, 4, 5, 3, 5]  # 16 fields, the last 4 in a zip
 
 
+def uploaded_fields(bundle_dir, mnist_test_images, prefix: str):
+    """A new bucket holding fields of LENGTHS clean digits under `prefix` (field_objects):
+    (s3 client, bucket, {source URL: Field})."""
+    x, y = mnist_test_images
+    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    objects, where = field_objects(bucket, prefix, clean_fields(bundle_dir, x, y, LENGTHS))
+    put_all(s3, bucket, objects)
+    return s3, bucket, where
+
+
 def test_number_mode_batches_merge_into_what_one_prefix_job_writes(
         moto_endpoint, handler, mnist_test_images, mnist_bundle, monkeypatch):  # noqa: F811
     """READ=number, no LENGTH: every object is a field read into a digit string; no labels (S3
     jobs have none), so a CSV with a digits column and no report, the same bytes either way."""
-    x, y = mnist_test_images
-    fields = clean_fields(mnist_bundle, x, y, LENGTHS)
-    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=bucket)
-    objects, expected = field_objects(bucket, "incoming/meters/", fields)
-    put_all(s3, bucket, objects)
+    s3, bucket, expected = uploaded_fields(mnist_bundle, mnist_test_images, "incoming/meters/")
     read_as(monkeypatch, "number")
 
     merged = handler(score_in_batches(handler, s3, bucket, "incoming/meters/", "meters-1", 4))
@@ -417,12 +423,7 @@ def test_labelled_number_fields_merge_into_the_number_report_a_prefix_job_writes
         moto_endpoint, handler, mnist_test_images, mnist_bundle, monkeypatch):  # noqa: F811
     """With true readings (see with_labels) and LENGTH=3-6: the label column, the field metrics
     and the report's thumbnails with their cuts, byte for byte as one prefix job writes them."""
-    x, y = mnist_test_images
-    fields = clean_fields(mnist_bundle, x, y, LENGTHS)
-    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=bucket)
-    objects, where = field_objects(bucket, "incoming/zip-codes/", fields)
-    put_all(s3, bucket, objects)
+    s3, bucket, where = uploaded_fields(mnist_bundle, mnist_test_images, "incoming/zip-codes/")
     truth = {name: field.text for name, field in where.items()}
     wrong = sorted(truth)[:3]
     for name in wrong:  # mislabelled: misread fields for the report to show

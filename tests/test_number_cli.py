@@ -12,14 +12,13 @@ import csv
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from digit_factory import mnist_png
+from test_cli import assert_usage_error, read_csv, score_cli
 from test_s3_jobs import clean_digits, field_of
 
 HEADER = ["source", "prediction", "confidence", "status", "error", "label", "digits"]
@@ -30,35 +29,6 @@ SUMMARY = re.compile(r"read (\d+)(?: \((\d+) for review\))?, blank (\d+), failed
                      r"([\d.]+)% on (\d+) labelled)?")
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-# --- helpers (as in test_cli.py) ---------------------------------------------------------------
-
-
-def score_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m scorer ARGS` in a subprocess; text stdout and stderr."""
-    command = [sys.executable, "-m", "scorer", *map(str, args)]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          encoding="utf-8", errors="replace")
-
-
-def read_csv(text_or_path) -> tuple[list[str], list[dict]]:
-    text = (text_or_path.read_text(encoding="utf-8") if isinstance(text_or_path, Path)
-            else text_or_path)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    rows = list(reader)
-    return reader.fieldnames, rows
-
-
-def assert_usage_error(done: subprocess.CompletedProcess, *, mentions: str = "") -> None:
-    """Exit 2, no traceback, one `Error: ...` line (click's usage layout around it)."""
-    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, done.stderr
-    assert mentions.lower() in errors[0].lower(), errors[0]
-    assert done.stdout == ""
 
 
 # --- what this file computes itself ----------------------------------------------------------

@@ -31,10 +31,6 @@ MAX_GAP = 0.35  # pieces further apart than this many text heights are not one d
 CUT_BASE, CUT_PER_STROKE, CUT_INK = 1.0, 1.5, 2.0  # a cut; each stroke beyond one; ink crossed
 NARROW_CUT = 3.0  # extra for cutting a piece of about one digit's width (x (1.6 - widths))
 WIDE_FROM, WIDE_COST = 1.6, 2.0  # a candidate wider than this many digit widths, per width
-WIDE_POWER = 1  # linear: measured better than quadratic on the dev fields
-# A candidate wider than this many text heights, per height: off, it cost more than it gained
-# on the dev fields (touching pairs were cut more often, but their halves misread)
-SQUAT_FROM, SQUAT_COST = 1.1, 0.0
 SHORT_FROM, SHORT_COST = 0.6, 4.0  # a candidate shorter than this many text heights, per height
 JOIN_COSTS = (0.3, 1.2, 3.0)  # joining a small piece, a part, two tall pieces
 SLICE_COST = 1.5  # a narrow slice beside a cut (likely part of a digit, read as a 1)
@@ -293,9 +289,8 @@ def _shape_cost(atoms: list[Atom], i: int, j: int, height: float,
             cost += JOIN_COSTS[0] if shorter < SMALL else JOIN_COSTS[1] if shorter < 0.8 \
                 else JOIN_COSTS[2]
     sliced = group[0].cut_before > 0 or (j < len(atoms) and atoms[j].piece == group[-1].piece)
-    wide, squat, tall = (x1 - x0) / digit, (x1 - x0) / height, (y1 - y0) / height
-    cost += WIDE_COST * max(0.0, wide - WIDE_FROM) ** WIDE_POWER \
-        + SQUAT_COST * max(0.0, squat - SQUAT_FROM) \
+    wide, tall = (x1 - x0) / digit, (y1 - y0) / height
+    cost += WIDE_COST * max(0.0, wide - WIDE_FROM) \
         + SHORT_COST * max(0.0, SHORT_FROM - tall)
     return cost + (SLICE_COST if sliced and (x1 - x0) < 0.35 * height else 0.0)
 
