@@ -94,12 +94,16 @@ def check_out(out: str) -> None:
               help="Predictions below this confidence get status=review (they keep the "
               "prediction), for a person to check. The report's accuracy-against-coverage table "
               "helps choose it.  [default: off]")
+@click.option("--time-per-image", type=click.FloatRange(0, 900, min_open=True), default=10.0,
+              metavar="SECONDS",
+              help="Most time decoding and normalising one image may take; an image that takes "
+              "longer is an error row (a small file can cost minutes: a time bomb).")
 @click.option("--raw-csv", is_flag=True,
               help="Write every cell exactly. By default a cell starting with = + - @ (a file "
               "name a spreadsheet would run as a formula) gets a leading single quote.")
 @click.version_option(__version__, prog_name="digits-score")
 def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batch_size,
-         read_mode, length_text, probabilities, min_confidence, raw_csv) -> None:
+         read_mode, length_text, probabilities, min_confidence, time_per_image, raw_csv) -> None:
     """Classify digit images in SOURCES (image files, folders, .zip archives, s3://bucket/prefix/
     or s3://bucket/archive.zip) and write one CSV row per image:
     source,prediction,confidence,status,error[,label][,p0..p9] (--read number: plus digits).
@@ -108,6 +112,7 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     centre of mass). Images without ink are status=blank; broken files become rows with
     status=error; the run goes on."""
     from scorer.bundle import BundleError, load_bundle
+    from scorer.images.budget import set_seconds_per_image
     from scorer.sources import LabelMatcher, SourceError, SourceStats, check_specs, iter_inputs
 
     try:
@@ -123,6 +128,7 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     stats = SourceStats()
     inputs = matcher.apply(iter_inputs(sources, stats, defer_reads=True))
     workers = checked_workers(workers)
+    set_seconds_per_image(time_per_image)
     signal.signal(signal.SIGTERM, terminate)
     try:
         tally = score_to_outputs(inputs, bundle, out, report_dir, workers=workers,

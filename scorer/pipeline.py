@@ -10,6 +10,7 @@ way (``scorer.workers.CHUNK_BYTES``).
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
@@ -32,6 +33,9 @@ from scorer.workers import (
 WINDOWS_IN_FLIGHT = 3  # windows of inputs in memory at once: with the budgets, the memory bound
 FIELDS_PER_CHUNK = 16  # a field costs as much as ~50 digits: smaller chunks keep cores busy
 WINDOW_BYTES = 32 * 2**20  # most input bytes + decoded bytes per window (one input may exceed it)
+# A single window of fewer input bytes than this is scored in this process: starting workers
+# (a fork and an interpreter each) would cost more than they save.
+POOL_WORTHY_BYTES = 2 * 2**20
 IN_FLIGHT_BYTES = 3 * WINDOW_BYTES  # no new window while the windows in flight cost this much
 # A row's status (docs/output.md): a prediction; a prediction below --min-confidence, for a
 # person to check; an image with no ink (a result: empty boxes are normal on forms); an input
@@ -75,6 +79,28 @@ def next_window(stream: Iterator[Input], most: int, numbers: NumberMode | None =
     return window, costs, False
 
 
+def worth_a_pool(window: list[Input], costs: list[int], numbers: NumberMode | None) -> bool:
+    """Whether a job of one window is worth starting worker processes for: judged by what its
+    inputs cost (local files not read yet by their size on disk), not by how many there are.
+    A few hundred MNIST PNGs are scored sooner here; a few phone photos use every core, and so
+    do more number fields than one chunk (a field costs as much as ~50 digits)."""
+    if numbers is not None and len(window) > FIELDS_PER_CHUNK:
+        return True
+    spent = 0
+    for item, cost in zip(window, costs, strict=True):
+        spent += cost or size_on_disk(item)
+        if spent >= POOL_WORTHY_BYTES:
+            return True
+    return False
+
+
+def size_on_disk(item: Input) -> int:
+    try:
+        return os.stat(item.path).st_size if item.path and item.error is None else 0
+    except OSError:  # gone or unreadable: its row says so when it is read
+        return 0
+
+
 def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None,
           batch_size: int = 256, keep_probabilities: bool = False,
           min_confidence: float | None = None, numbers: NumberMode | None = None
@@ -97,7 +123,7 @@ def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None
 
     try:
         window, costs, more = next_window(stream, window_size, numbers)
-        start(window, costs, use_pool=more)  # a single window never pays for starting processes
+        start(window, costs, use_pool=more or worth_a_pool(window, costs, numbers))
         while in_flight:
             # Keep the workers a few windows ahead, so they never wait for this process, within
             # the byte budget of what is in flight.

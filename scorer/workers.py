@@ -42,6 +42,7 @@ from scorer.images import (
     normalize,
     normalize_many,
 )
+from scorer.images.budget import seconds_per_image, set_seconds_per_image
 from scorer.images.normalization import WORK_SIDE
 from scorer.numbers import FieldCut, Length, Reading, cut_field, read_cut
 from scorer.numbers.field import DECODE_SIDE
@@ -275,10 +276,11 @@ _worker: dict = {}  # per worker process: its geometry, its own TFLite interpret
 
 
 def _init_worker(model_content: bytes, geometry: Geometry, large_decode_gate,
-                 numbers: NumberMode | None) -> None:
+                 numbers: NumberMode | None, seconds: float) -> None:
     # Forked from the CLI, a worker inherits its SIGTERM handler; the pool's owner decides.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
+    set_seconds_per_image(seconds)  # inherited when forked, not when spawned
     _worker["geometry"] = geometry
     _worker["numbers"] = numbers
     _worker["classifier"] = Classifier(model_content, num_threads=1)
@@ -315,8 +317,8 @@ class Part:
 
 class ScoringPool:
     """Reads, normalises and classifies windows of inputs in chunks. With more than one worker
-    and more than one window of work (a single image never pays for starting processes), the
-    chunks of a window are queued here and fed to a pool of `workers - 1` processes, a few per
+    and work worth starting processes for (see `submit`'s caller), the chunks of a window are
+    queued here and fed to a pool of `workers - 1` processes, a few per
     worker at a time; whenever this process would wait for a result, it scores the next queued
     part itself instead (`collect`). Each process runs its own interpreter; results are the
     same wherever a part is scored.
@@ -331,6 +333,7 @@ class ScoringPool:
     PARTS_PER_WORKER = 3  # given to the pool at a time: one running, two ready, so a worker
     # never waits while this process scores a part or writes rows
     POLL_SECONDS = 0.5  # how often a wait checks that the workers are alive
+    REAP_SECONDS = 5.0  # most time to wait for a killed worker to end
 
     def __init__(self, bundle: Bundle, workers: int, batch_size: int,
                  numbers: NumberMode | None = None):
@@ -362,8 +365,10 @@ class ScoringPool:
             return parts
         items = [item for item, _ in payload]
         self.parts_here += 1
+        # Large images go to a worker whatever the window: they are what may exhaust memory.
+        large = self._normalise_large_in_pool if self.workers > 1 else None
         return [Part(items, score_chunk(items, self.geometry, self._classifier(),
-                                        self.numbers))]
+                                        self.numbers, large))]
 
     def collect(self, parts: list[Part]) -> Classified:
         """The parts' results in order. Instead of waiting for the pool, score the oldest
@@ -506,7 +511,8 @@ class ScoringPool:
                 self.executor = ProcessPoolExecutor(self.workers - 1, mp_context=context,
                                                     initializer=_init_worker,
                                                     initargs=(self.model_content, self.geometry,
-                                                              context.Lock(), self.numbers))
+                                                              context.Lock(), self.numbers,
+                                                              seconds_per_image()))
             except OSError:  # no /dev/shm (AWS Lambda): work in this process
                 self.workers = 1
                 return False
@@ -527,8 +533,8 @@ class ScoringPool:
         self.queued.clear()
         processes = list((getattr(self.executor, "_processes", None) or {}).values())
         self._discard_pool()
-        for process in processes:  # reap them: no zombies left behind
-            process.join(self.POLL_SECONDS)
+        for process in processes:  # reap them: no zombies left behind (killed, they end at
+            process.join(self.REAP_SECONDS)  # once; a loaded machine may take a moment)
 
 
 def split_by_budget(items: list[tuple[Input, int]], most: int, budget: int) -> list[list[Input]]:

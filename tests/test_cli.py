@@ -422,6 +422,32 @@ def test_every_kind_of_bad_file_in_one_folder(tmp_path, mnist_bundle, mnist_test
     assert tree_mb < 1024
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_image_that_outlasts_the_time_per_image_is_an_error_row(tmp_path, mnist_bundle,
+                                                                   mnist_test_images, workers):
+    """A small upload may cost minutes to decode; after --time-per-image it is an error row
+    and the run goes on, in this process and in workers (a large image is decoded by one)."""
+    from PIL import Image
+
+    x, _ = mnist_test_images
+    noise = (np.random.default_rng(0).random((3000, 4000)) * 255).astype(np.uint8)
+    for folder, name, kind in (("slow", "photo.jpg", "JPEG"), ("slow", "scan.png", "PNG")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        Image.fromarray(noise).save(tmp_path / folder / name, kind)
+    for i in range(3):
+        (tmp_path / "slow" / f"digit{i}.png").write_bytes(mnist_png(x[i]))
+    done = score_cli(tmp_path / "slow", "--model", mnist_bundle, "--workers", workers,
+                     "--time-per-image", "0.02")
+    assert done.returncode == 3, done.stderr
+    rows = {Path(r["source"]).name: r for r in read_csv(done.stdout)[1]}
+    for name in ("photo.jpg", "scan.png"):
+        assert rows[name]["status"] == "error"
+        assert rows[name]["error"].startswith("took too long: more than 0.02 s"), rows[name]
+    assert [rows[f"digit{i}.png"]["status"] for i in range(3)] == ["ok"] * 3
+    assert_usage_error(score_cli(tmp_path / "slow", "--model", mnist_bundle,
+                                 "--time-per-image", "0"), mentions="--time-per-image")
+
+
 def test_blanks_and_reviews_do_not_fail_the_run(tmp_path, mnist_bundle, mnist_test_images):
     x, y = mnist_test_images
     root = tmp_path / "form"

@@ -631,3 +631,63 @@ def test_a_jpeg_of_too_many_scans_is_refused_before_decoding():
     bomb = plain[:end] + last_scan * MAX_JPEG_SCANS + b"\xff\xd9"  # repeated refinement scans
     with pytest.raises(ImageError, match=r"too many JPEG scans: \d+ \(limit 100\)"):
         decode(bomb)
+
+
+@pytest.fixture
+def slow_image() -> bytes:
+    """A legitimate 12 MP progressive JPEG of noise: a few tenths of a second to decode here."""
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).random((3000, 4000)) * 255
+    Image.fromarray(noise.astype(np.uint8)).save(buffer, "JPEG", progressive=True, quality=80)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def short_budget():
+    """A time per image of 20 ms for the test, the default restored after it."""
+    from scorer.images import budget
+
+    budget.set_seconds_per_image(0.02)
+    yield 0.02
+    budget.set_seconds_per_image(budget.SECONDS_PER_IMAGE)
+
+
+def test_an_image_that_outlasts_its_time_budget_is_refused(slow_image, short_budget,
+                                                           mnist_images):
+    """Decoding and normalising one image is interrupted when the time per image runs out,
+    in every path an image takes (one, many, a number field), and the next image has a
+    budget of its own."""
+    import time
+
+    from scorer.images.budget import TooSlow
+    from scorer.numbers import cut_field
+
+    digit = mnist_png(mnist_images[0][0])
+    for read in (normalize, lambda data: cut_field(data, MNIST_GEOMETRY)):
+        started = time.perf_counter()
+        with pytest.raises(TooSlow, match=r"took too long: more than 0\.02 s"):
+            read(slow_image)
+        assert time.perf_counter() - started < 0.5  # interrupted, not finished
+        read(digit)  # no stale timer: a quick image after a slow one is read
+    results = images.normalize_many([digit, slow_image, digit])
+    assert [reason for _, reason in results] == ["", str(TooSlow(short_budget)), ""]
+    np.testing.assert_array_equal(results[0][0], normalize(digit))
+
+
+def test_the_time_budget_is_generous_by_default_and_never_nests(slow_image):
+    """With the default budget the slow image is read; a budget inside another does not
+    restart the clock (the outer one counts) and leaves no timer running."""
+    import signal
+
+    from scorer.images import budget
+
+    assert budget.seconds_per_image() == budget.SECONDS_PER_IMAGE == 10
+    with pytest.raises(ImageError, match="blank"):  # noise is background: read to the end
+        normalize(slow_image)
+    with budget.time_budget():
+        outer = signal.getitimer(signal.ITIMER_REAL)[0]
+        with budget.time_budget():
+            assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= outer
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    with pytest.raises(ValueError, match="positive"):
+        budget.set_seconds_per_image(0)

@@ -140,7 +140,7 @@ def test_streams_its_input_and_stops_its_workers(bundle, mnist_test_images):
     assert [r.source for r in first] == [f"{i}.png" for i in range(30)]
     assert taken <= 30 + 2 * 8 + 8  # at most about two windows beyond what was yielded
     rows.close()
-    assert multiprocessing.active_children() == []
+    assert multiprocessing.active_children() == [], [(p, p.exitcode) for p in multiprocessing.active_children()]
 
 
 def test_undecodable_file_names_become_printable(bundle, mnist_test_images):
@@ -259,6 +259,46 @@ def test_a_large_image_met_by_the_main_process_is_decoded_by_a_worker(bundle, mn
     assert result.reasons == expected.reasons == ["", "", ""]
     np.testing.assert_array_equal(result.images, expected.images)
     np.testing.assert_array_equal(result.probabilities, expected.probabilities)
+
+
+def test_a_large_image_goes_to_a_worker_even_in_a_job_of_one_window(bundle, mnist_test_images):
+    """A job that fits one window is scored here, but its large image is still decoded by a
+    worker (docs/security.md: running out of memory on it must cost a worker, not the job)."""
+    from scorer.workers import ScoringPool, input_cost
+
+    x, _ = mnist_test_images
+    window = [Input("a.png", mnist_png(x[0]), None, None), Input("ring.png", ring_png(), None,
+                                                                  None)]
+    pool = ScoringPool(bundle, workers=2, batch_size=8)
+    try:
+        result = pool.collect(pool.submit(window, [input_cost(i) for i in window],
+                                          use_pool=False))
+    finally:
+        pool.close()
+    assert (pool.parts_here, pool.parts_in_pool, pool.large_images_sent) == (1, 0, 1)
+    assert result.reasons == ["", ""]
+
+
+def test_a_job_of_one_window_uses_the_workers_when_its_inputs_are_costly(tmp_path, bundle,
+                                                                         mnist_test_images):
+    """Whether a job of one window starts workers follows what its inputs cost, not how many
+    there are: hundreds of MNIST PNGs stay in this process, a few photos (files on disk, not
+    read yet: their size counts) and more number fields than one chunk do not."""
+    from scorer.pipeline import FIELDS_PER_CHUNK, POOL_WORTHY_BYTES, worth_a_pool
+    from scorer.workers import NumberMode, input_cost
+
+    x, _ = mnist_test_images
+    digits = [Input(f"{i}.png", mnist_png(x[i]), None, None) for i in range(500)]
+    assert not worth_a_pool(digits, [input_cost(i) for i in digits], None)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(np.random.default_rng(0).bytes(POOL_WORTHY_BYTES // 3 + 1))
+    photos = [Input(str(photo), None, None, None, str(photo))] * 3
+    assert worth_a_pool(photos, [0, 0, 0], None)
+    assert not worth_a_pool(photos[:2], [0, 0], None)
+    fields = digits[:FIELDS_PER_CHUNK + 1]
+    costs = [input_cost(i) for i in fields]
+    assert worth_a_pool(fields, costs, NumberMode()) and not worth_a_pool(fields, costs, None)
+    assert not worth_a_pool(fields[:-1], costs[:-1], NumberMode())
 
 
 def test_classify_chunk_hands_only_large_images_to_normalise_large(bundle, mnist_test_images):

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from scorer.images.budget import time_budget
 from scorer.images.decoding import PNG_SIGNATURE, open_image, to_grey
 from scorer.images.errors import BLANK_REASON, ImageError
 from scorer.images.geometry import MNIST_GEOMETRY, Geometry
@@ -94,15 +95,16 @@ def normalize_many(blobs: Sequence[bytes], geometry: Geometry = MNIST_GEOMETRY) 
             _add_to_stack(stacks, (height, width), i, pixels, geometry, results)
             continue
         try:
-            im = open_image(data, WORK_SIDE)
-            if max(im.size) <= SMALL_SIDE and im.mode == "L":
-                pixels: bytes | np.ndarray = im.tobytes()  # the bytes np.asarray(im) reads
-            else:
-                pixels = to_grey(im)
-                # large images, and float ones (NaN would upset the stack), one by one
-                if max(im.size) > SMALL_SIDE or im.mode == "F" or pixels.dtype != np.float32:
-                    results[i] = (normalize_grey(pixels, geometry), "")
-                    continue
+            with time_budget():
+                im = open_image(data, WORK_SIDE)
+                if max(im.size) <= SMALL_SIDE and im.mode == "L":
+                    pixels: bytes | np.ndarray = im.tobytes()  # the bytes np.asarray(im) reads
+                else:
+                    pixels = to_grey(im)
+                    # large images, and float ones (NaN would upset the stack), one by one
+                    if max(im.size) > SMALL_SIDE or im.mode == "F" or pixels.dtype != np.float32:
+                        results[i] = (normalize_grey(pixels, geometry), "")
+                        continue
         except ImageError as exc:
             results[i] = (None, str(exc))
             continue

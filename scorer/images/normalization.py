@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from scorer.images.budget import time_budget
 from scorer.images.decoding import open_image, to_grey
 from scorer.images.geometry import MNIST_GEOMETRY, Geometry
 from scorer.images.steps import (
@@ -21,10 +22,12 @@ from scorer.images.steps import (
 WORK_SIDE = 512  # larger photos are reduced first: the digit ends up ~20 px anyway
 
 
+@time_budget()
 def normalize(data: bytes, geometry: Geometry = MNIST_GEOMETRY) -> np.ndarray:
     """Bytes -> uint8 (geometry.height, geometry.width), light ink on dark, ready for the model.
 
-    Raises ImageError for unreadable or oversized images, BlankImageError for blank ones.
+    Raises ImageError for unreadable or oversized images, or when the time per image runs out
+    (``budget``), BlankImageError for blank ones.
     """
     return normalize_grey(to_grey(open_image(data, WORK_SIDE)), geometry)
 

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from scorer.images.budget import time_budget
 from scorer.images.errors import BlankImageError, ImageError
 from scorer.images.geometry import Geometry
 from scorer.numbers.components import TooManyPieces, pieces
@@ -55,9 +56,10 @@ class Reading(NamedTuple):
     cuts: tuple[tuple[int, int], ...]
 
 
+@time_budget()
 def cut_field(data: bytes, geometry: Geometry) -> FieldCut:
-    """Bytes -> FieldCut. Raises ImageError for unreadable images, BlankImageError for fields
-    with no ink once form lines are gone."""
+    """Bytes -> FieldCut. Raises ImageError for unreadable images or when the time per image
+    runs out, BlankImageError for fields with no ink once form lines are gone."""
     field = load_field(data)
     ink = remove_form_lines(field.ink)
     try:
