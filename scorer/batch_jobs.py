@@ -29,6 +29,7 @@ import hashlib
 import io
 import posixpath
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,14 +37,14 @@ import numpy as np
 from scorer import report, sources
 from scorer.bundle import Bundle
 from scorer.job import Tally, build_report, run_job, run_summary
-from scorer.outputs import LABEL_COLUMN, S3Upload, copy_without_column, csv_header, write_report
+from scorer.outputs import LABEL_COLUMN, S3Upload, csv_header, write_report
 from scorer.s3_jobs import Config, prefix_outputs, read_mode, run_info
 from scorer.s3client import (
     FETCH_WORKERS,
     delete_under,
     fetch_in_order,
     get_json,
-    list_keys,
+    list_objects,
     parse_s3_url,
     put_json,
     s3_url,
@@ -150,18 +151,28 @@ def _pack_labelled(tally: Tally) -> dict:
             "confidence": _pack(tally.confidence, np.float32)}
 
 
+def _unpack_part(meta: dict) -> dict:
+    """A part's metadata with its labelled values unpacked as they arrive, so the merge holds
+    compact arrays (6 bytes a labelled digit), never the base64 text: int8 classes and float32
+    confidences (digits), or lists of digit strings and float64 confidences (fields)."""
+    if not isinstance(meta.get("confidence"), str):
+        return meta
+    if meta.get("read", "digit") != "digit":
+        return {**meta, "confidence": _unpack(meta["confidence"], np.float64)}
+    return {**meta, "y_true": _unpack(meta["y_true"], np.int8),
+            "y_pred": _unpack(meta["y_pred"], np.int8),
+            "confidence": _unpack(meta["confidence"], np.float32)}
+
+
 def _unpack_labelled(parts: list[dict], fields: bool) -> tuple:
-    """_pack_labelled's values of every part, concatenated in part order: (y_true, y_pred,
-    confidence), the classes as int64 arrays (digits) or lists of digit strings (fields)."""
+    """The unpacked labelled values of every part, concatenated in part order: (y_true, y_pred,
+    confidence), the classes as int8 arrays (digits) or lists of digit strings (fields)."""
     if fields:
         y_true = [text for p in parts for text in p["y_true"]]
         y_pred = [text for p in parts for text in p["y_pred"]]
-        confidence = np.concatenate([_unpack(p["confidence"], np.float64) for p in parts])
-        return y_true, y_pred, confidence
-    y_true = np.concatenate([_unpack(p["y_true"], np.int8) for p in parts]).astype(np.int64)
-    y_pred = np.concatenate([_unpack(p["y_pred"], np.int8) for p in parts]).astype(np.int64)
-    confidence = np.concatenate([_unpack(p["confidence"], np.float32) for p in parts])
-    return y_true, y_pred, confidence.astype(np.float64)
+        return y_true, y_pred, np.concatenate([p["confidence"] for p in parts])
+    return tuple(np.concatenate([p[name] for p in parts])
+                 for name in ("y_true", "y_pred", "confidence"))
 
 
 def _pack(values: list, dtype) -> str:
@@ -200,9 +211,9 @@ def merge_job(merge: dict, bundle: Bundle, config: Config) -> dict:
 
     `merge` is `{"job_id": ..., "source": ...}` as in the batches. Streams: the CSV goes up as a
     multipart upload of the parts' rows in key order (parts sorted by first key; their key
-    ranges must not overlap), a few parts in flight at a time. Only the labelled predictions
-    are held, as compact numpy arrays (int8, int8, float32: 6 bytes a row, 60 MB for 10 million
-    rows), for the report's metrics and coverage; its thumbnails come from the few parts that
+    ranges must not overlap), at most FETCH_AHEAD_BYTES of parts fetched ahead. Only the
+    labelled predictions are held, as compact numpy arrays (int8, int8, float32: 6 bytes a
+    row), for the report's metrics and coverage (about 23 bytes a row at their peak); its thumbnails come from the few parts that
     hold the images shown. Idempotent: once `merged.json` is written, a rerun only finishes
     deleting the parts and returns the same result.
     """
@@ -237,15 +248,19 @@ def merge_job(merge: dict, bundle: Bundle, config: Config) -> dict:
 
 
 def read_parts(bucket: str, prefix: str) -> list[dict]:
-    """Every finished part's metadata (its `.json`), fetched concurrently."""
-    keys = [key for key in list_keys(bucket, prefix)
-            if PART_META.fullmatch(posixpath.basename(key))]
-    with ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="part-meta") as pool:
-        parts = list(pool.map(lambda key: get_json(bucket, key), keys))
-    for key, part in zip(keys, parts, strict=True):
-        if part is None or part.get("format") != PART_FORMAT:
+    """Every finished part's metadata (its `.json`), fetched concurrently, its labelled values
+    unpacked, and the size of its CSV (`csv_bytes`, from the listing)."""
+    sizes = dict(list_objects(bucket, prefix))
+    keys = [key for key in sizes if PART_META.fullmatch(posixpath.basename(key))]
+
+    def read(key: str) -> dict:
+        meta = get_json(bucket, key)
+        if meta is None or meta.get("format") != PART_FORMAT:
             raise ValueError(f"s3://{bucket}/{key}: not a part of format {PART_FORMAT}")
-    return parts
+        return {**_unpack_part(meta), "csv_bytes": sizes.get(meta["csv"], 0)}
+
+    with ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="part-meta") as pool:
+        return list(pool.map(read, keys))
 
 
 def check_read_mode(parts: list[dict], config: Config, where: str) -> None:
@@ -325,18 +340,39 @@ def write_csv(bucket: str, parts: list[dict], out: str, labels: list[str],
         header = io.StringIO(newline="")
         csv.writer(header).writerow(csv_header(labels, any_label, False, fields=fields))
         upload.write(header.getvalue().encode("utf-8"))
-        for body in fetch_in_order(bucket, [part["csv"] for part in parts]):
-            rows = body[body.index(b"\n") + 1:]  # after the part's own header
-            if not any_label:
-                text = io.StringIO(newline="")
-                copy_without_column(io.StringIO(rows.decode("utf-8"), newline=""), text,
-                                    LABEL_COLUMN)
-                rows = text.getvalue().encode("utf-8")
-            upload.write(rows)
+        for body in fetch_in_order(bucket, [part["csv"] for part in parts],
+                                   [part["csv_bytes"] for part in parts]):
+            rows = body_rows(body) if any_label else rows_without_label(body)
+            for piece in rows:
+                upload.write(piece)
         upload.finish()
     except BaseException:
         upload.abort()
         raise
+
+
+WRITE_PIECE = 2**20  # a part's rows go to the upload in pieces: no copy of a whole part
+
+
+def body_rows(body: bytes) -> Iterator[memoryview]:
+    """A part's CSV rows, after its own header line, in pieces."""
+    rows = memoryview(body)[body.index(b"\n") + 1:]
+    return (rows[i:i + WRITE_PIECE] for i in range(0, len(rows), WRITE_PIECE))
+
+
+def rows_without_label(body: bytes) -> Iterator[bytes]:
+    """A part's CSV rows, after its header, without the label column, in pieces."""
+    source = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8", newline="")
+    source.readline()  # the part's own header
+    piece = io.StringIO(newline="")
+    writer = csv.writer(piece)
+    for fields in csv.reader(source):
+        writer.writerow(fields[:LABEL_COLUMN] + fields[LABEL_COLUMN + 1:])
+        if piece.tell() >= WRITE_PIECE:
+            yield piece.getvalue().encode("utf-8")
+            piece.seek(0)
+            piece.truncate()
+    yield piece.getvalue().encode("utf-8")
 
 
 def report_files(bucket: str, parts: list[dict], bundle: Bundle, source: str, config: Config,
@@ -344,6 +380,8 @@ def report_files(bucket: str, parts: list[dict], bundle: Bundle, source: str, co
     """The report a prefix job would write (the digit or the number report, as `tally.fields`
     says), from the parts' labelled values (in row order), with the same code (`build_report`)."""
     y_true, y_pred, confidence = _unpack_labelled(parts, tally.fields)
+    for part in parts:  # held once, concatenated
+        del part["y_true"], part["y_pred"], part["confidence"]
     misclassified, least_confident = shown_examples(bucket, parts, np.asarray(y_true),
                                                     np.asarray(y_pred), confidence)
     tally.y_true, tally.y_pred, tally.confidence = y_true, y_pred, confidence

@@ -194,7 +194,9 @@ class S3Upload:
     def write(self, data: bytes) -> None:
         self.buffer += data
         while len(self.buffer) >= self.part_size:
-            self._upload_part(bytes(self.buffer[: self.part_size]))
+            with memoryview(self.buffer) as view:  # one copy of the part, not two
+                part = bytes(view[: self.part_size])
+            self._upload_part(part)
             del self.buffer[: self.part_size]
 
     def _upload_part(self, data: bytes) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 MAX_POOL_CONNECTIONS = 20  # >= the threads that fetch objects at once (scorer.sources.s3)
 FETCH_WORKERS = 16  # concurrent GETs of fetch_in_order (and of merged job parts)
+FETCH_AHEAD_BYTES = 32 * 2**20  # most bytes of bodies fetch_in_order holds ahead
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 _S3_URL = re.compile(r"^s3://([A-Za-z0-9._-]+)(?:/(.*))?$", re.IGNORECASE | re.DOTALL)
 _client_lock = threading.Lock()
@@ -109,27 +110,38 @@ def get_json(bucket: str, key: str) -> dict | None:
         return json.loads(body.read())
 
 
-def list_keys(bucket: str, prefix: str) -> Iterator[str]:
+def list_objects(bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+    """(key, size) of every object under the prefix, in key order."""
     for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        yield from (obj["Key"] for obj in page.get("Contents", []))
+        yield from ((obj["Key"], int(obj.get("Size", 0))) for obj in page.get("Contents", []))
 
 
-def fetch_in_order(bucket: str, keys: list[str]) -> Iterator[bytes]:
-    """The objects' bodies, in the given order, fetched a bounded window ahead."""
+def list_keys(bucket: str, prefix: str) -> Iterator[str]:
+    return (key for key, _ in list_objects(bucket, prefix))
+
+
+def fetch_in_order(bucket: str, keys: list[str], sizes: list[int]) -> Iterator[bytes]:
+    """The objects' bodies, in the given order, fetched ahead at most 2 x FETCH_WORKERS objects
+    and FETCH_AHEAD_BYTES (by their listed sizes; one larger object alone)."""
     pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="part-get")
-    window: deque[Future[bytes]] = deque()
+    window: deque[tuple[Future[bytes], int]] = deque()
+    ahead = 0
 
     def get(key: str) -> bytes:
         with client().get_object(Bucket=bucket, Key=key)["Body"] as body:
             return body.read()
 
     try:
-        for key in keys:
-            window.append(pool.submit(get, key))
-            if len(window) >= 2 * FETCH_WORKERS:
-                yield window.popleft().result()
+        for key, size in zip(keys, sizes, strict=True):
+            while window and (len(window) >= 2 * FETCH_WORKERS
+                              or ahead + size > FETCH_AHEAD_BYTES):
+                future, done = window.popleft()
+                ahead -= done
+                yield future.result()
+            window.append((pool.submit(get, key), size))
+            ahead += size
         while window:
-            yield window.popleft().result()
+            yield window.popleft()[0].result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -225,6 +225,45 @@ def test_upload_parts_are_of_the_real_minimum_size_and_abort_leaves_nothing(moto
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
+def test_the_merged_csv_streams_in_bounded_memory(moto_endpoint, monkeypatch):  # noqa: F811
+    """The merge holds at most FETCH_AHEAD_BYTES of part bodies ahead plus the one it writes,
+    in pieces (it used to hold 32 bodies and several copies of each: one 103 MB part added
+    550 MB). Rows arrive whole, in order, without the label column when no row has a label."""
+    import tracemalloc
+
+    from scorer import s3client
+
+    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    monkeypatch.setattr(s3client, "FETCH_AHEAD_BYTES", 4 * 2**20)
+    header = "source,prediction,confidence,status,error,label\r\n"
+
+    def part_rows(part: int, count: int) -> list[str]:  # about 60 bytes a row, a quoted name
+        return [f'"s3://{bucket}/in/{part:02d}/{i:06d},\n.png",7,0.99,ok,,\r\n'
+                for i in range(count)]
+
+    parts, expected = [], [header.replace(",label", "")]
+    for number, count in enumerate([40_000] * 8 + [200_000]):  # 8 of 2.4 MB, one of 12 MB
+        rows = part_rows(number, count)
+        key = f"parts/{number}.csv"
+        s3.put_object(Bucket=bucket, Key=key, Body=(header + "".join(rows)).encode())
+        parts.append({"csv": key, "csv_bytes": len(header) + sum(map(len, rows))})
+        expected += [row.replace(",,\r\n", ",\r\n") for row in rows]
+    tracemalloc.start()
+    try:
+        batch_jobs.write_csv(bucket, parts, f"s3://{bucket}/merged.csv", ["0"] * 10, False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert read(s3, bucket, "merged.csv").decode() == "".join(expected)
+    # The largest body, twice while botocore reads it; what is fetched ahead; the upload's
+    # buffer and the part it sends; a few MB of pieces and HTTP buffers.
+    largest = max(part["csv_bytes"] for part in parts)
+    bound = 2 * largest + 4 * 2**20 + 2 * outputs.MULTIPART_CHUNK + 4 * 2**20
+    print(f"merge peak {peak / 2**20:.1f} MB (bound {bound / 2**20:.1f} MB)")
+    assert peak < bound, (peak / 2**20, bound / 2**20)
+
+
 def test_sources_outside_the_input_prefix_and_bad_job_ids_are_refused(mnist_bundle):
     config = s3_jobs.Config(str(mnist_bundle), "incoming/", "predictions/", None)
     assert batch_jobs.job_source("s3://b/incoming/exam", config) == ("b", "incoming/exam/")

@@ -421,3 +421,35 @@ def test_report_with_coverage_has_its_csv_table_and_plot():
     assert "coverage.csv" not in plain and "Accuracy against coverage" not in \
         plain["report.html"].decode()
 
+
+
+def test_metrics_and_coverage_of_many_rows_take_a_few_bytes_a_row():
+    """A merge of millions of labelled rows holds them as int8 classes and float32
+    confidences; the metrics and the coverage curve must not widen them all to 8 bytes at
+    once (10 million rows took 650 MB). The results are those of the wide arrays."""
+    import tracemalloc
+
+    from scorer.report.coverage import coverage_curve, coverage_table
+    from scorer.report.metrics import confusion_matrix
+
+    n = 1_000_000
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 10, n).astype(np.int8)
+    y_pred = np.where(rng.random(n) < 0.9, y_true, rng.integers(0, 10, n)).astype(np.int8)
+    confidence = rng.random(n).astype(np.float32)
+    tracemalloc.start()
+    try:
+        matrix = confusion_matrix(y_true, y_pred, 10)
+        curve = coverage_curve(y_true, y_pred, confidence)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * n, peak / n  # bytes a row at the peak (an argsort is 8 of them)
+    wide_true, wide_pred = y_true.astype(np.int64), y_pred.astype(np.int64)
+    expected = np.zeros((10, 10), np.int64)
+    np.add.at(expected, (wide_true, wide_pred), 1)
+    np.testing.assert_array_equal(matrix, expected)
+    assert curve == coverage_curve(list(wide_true), list(wide_pred),
+                                   confidence.astype(np.float64).tolist())
+    assert coverage_table(y_true, y_pred, confidence) == coverage_table(
+        wide_true, wide_pred, confidence.astype(np.float64))

@@ -14,9 +14,13 @@ THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 CURVE_POINTS = 51
 
 
-def _arrays(y_true, y_pred, confidence) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(y_true, y_pred, confidence, kept=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """(right, confidence as float64, or in `kept` if it is already: saves memory where only
+    the order of the confidences counts)."""
     right = np.asarray(y_true) == np.asarray(y_pred)
-    conf = np.asarray(confidence, dtype=np.float64)
+    conf = np.asarray(confidence)
+    if conf.dtype != kept:
+        conf = conf.astype(np.float64)
     if right.shape != conf.shape or right.ndim != 1:
         raise ValueError(f"y_true, y_pred and confidence differ in shape: {right.shape} != "
                          f"{conf.shape}")
@@ -46,13 +50,13 @@ def coverage_table(y_true, y_pred, confidence, thresholds=THRESHOLDS) -> list[di
 def coverage_curve(y_true, y_pred, confidence, points: int = CURVE_POINTS) -> list[list[float]]:
     """[coverage, accuracy] pairs when accepting the k most confident predictions, for k
     spread over 1..n: the curve the table samples, for the plot."""
-    right, conf = _arrays(y_true, y_pred, confidence)
+    right, conf = _arrays(y_true, y_pred, confidence, np.float32)
     if len(conf) == 0:
         return []
-    order = np.argsort(-conf, kind="stable")
-    running = np.cumsum(right[order]) / np.arange(1, len(conf) + 1)
+    order = np.argsort(-conf, kind="stable")  # float32 widens exactly: the same order
+    hits = np.cumsum(right[order], dtype=np.int64 if len(conf) >= 2**31 else np.int32)
     ks = np.unique(np.linspace(1, len(conf), min(points, len(conf))).round().astype(int))
-    return [[k / len(conf), float(running[k - 1])] for k in ks]
+    return [[k / len(conf), float(hits[k - 1] / k)] for k in ks]
 
 
 def coverage(y_true, y_pred, confidence) -> dict:

@@ -20,13 +20,13 @@ _METRIC_KEYS = ("precision", "recall", "f1-score", "support")
 
 
 def _as_labels(y, n_classes: int, name: str) -> np.ndarray:
-    """Validate a label vector: int64 array (n,) with values in [0, n_classes)."""
+    """Validate a label vector: an integer array (n,) with values in [0, n_classes), in its
+    own dtype (int8 from a merge stays int8)."""
     arr = np.asarray(y)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
     if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
         raise ValueError(f"{name} has class indices outside [0, {n_classes})")
     return arr
@@ -53,9 +53,12 @@ def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
     p = _as_labels(y_pred, n_classes, "y_pred")
     if t.shape != p.shape:
         raise ValueError(f"y_true and y_pred differ in length: {t.shape[0]} != {p.shape[0]}")
-    # One bincount over the flattened (true, pred) index is O(n) and needs no Python loop.
-    flat = np.bincount(t * n_classes + p, minlength=n_classes * n_classes)
-    return flat.reshape(n_classes, n_classes).astype(np.int64, copy=False)
+    # One bincount per true class: no (true, pred) index array of n int64s (a merge of 10
+    # million labelled rows would hold several such arrays at once).
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    for true in np.unique(t):
+        cm[true] = np.bincount(p[t == true], minlength=n_classes)
+    return cm
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
