@@ -213,9 +213,10 @@ def merge_job(merge: dict, bundle: Bundle, config: Config) -> dict:
     multipart upload of the parts' rows in key order (parts sorted by first key; their key
     ranges must not overlap), at most FETCH_AHEAD_BYTES of parts fetched ahead. Only the
     labelled predictions are held, as compact numpy arrays (int8, int8, float32: 6 bytes a
-    row), for the report's metrics and coverage (about 23 bytes a row at their peak); its thumbnails come from the few parts that
-    hold the images shown. Idempotent: once `merged.json` is written, a rerun only finishes
-    deleting the parts and returns the same result.
+    row), for the report's metrics and coverage (about 23 bytes a row at their peak); its
+    thumbnails come from the few parts that hold the images shown. Idempotent: once
+    `merged.json` is written, a rerun only finishes deleting the parts and returns the same
+    result.
     """
     job_id, source = merge["job_id"], merge["source"]
     bucket, _ = job_source(source, config)

@@ -60,8 +60,9 @@ def check_out(out: str) -> None:
                epilog="Row status: ok; review (below --min-confidence, prediction kept); blank "
                       "(no ink: a result, not a failure); error (unreadable; the error column "
                       "says why). Exit codes: 0 every input read (blanks and reviews included); "
-                      "3 some inputs could not be read; 2 usage error (bad option, missing "
-                      "source, missing or corrupt model bundle, hash mismatch). "
+                      "3 some inputs could not be read; 1 an output could not be written (a "
+                      "full disk); 2 usage error (bad option, missing source, missing or "
+                      "corrupt model bundle, hash mismatch). "
                       "Details: docs/output.md.")
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--model", "model_dir", default="artifacts",
@@ -138,9 +139,12 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
                                  run_info=numbers and numbers.describe())
     except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
         raise click.UsageError(str(err)) from err  # listing starts; a model TFLite cannot load
-    except Terminated:  # the job removed its temporary files and stopped its workers
-        click.echo("terminated (SIGTERM): no output written", err=True)
+    except Terminated as stop:  # the job removed its temporary files and stopped its workers
+        click.echo(f"terminated (SIGTERM): {written(stop)}", err=True)
         sys.exit(EXIT_TERMINATED)
+    except OSError as err:  # writing an output failed (a full disk, a read-only mount)
+        click.echo(f"error: {err}; {written(err)}", err=True)
+        sys.exit(EXIT_FAILED)
     click.echo(tally.summary_line(stats.skipped), err=True)
     if tally.total == 0:
         click.echo("warning: the sources hold no images (png jpg jpeg bmp gif tif tiff webp, "
@@ -152,6 +156,12 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
 
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+EXIT_FAILED = 1  # the outputs could not be written
+
+
+def written(stop: BaseException) -> str:
+    """What a stopped run had already written (the job notes it on the exception)."""
+    return "; ".join(getattr(stop, "__notes__", ())) or "no output written"
 
 
 class Terminated(BaseException):

@@ -142,9 +142,15 @@ def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str |
     sink.finish()  # removes its temporary files whatever happens in it, SIGTERM included
     tally.finish()
     if report_dir and tally.labelled:
-        files = build_report(tally, bundle, collector.misclassified, collector.least_confident,
-                             run_summary(tally, bundle, run_info, min_confidence, timings))
-        write_report(files, report_dir)
+        try:
+            files = build_report(tally, bundle, collector.misclassified,
+                                 collector.least_confident,
+                                 run_summary(tally, bundle, run_info, min_confidence, timings))
+            write_report(files, report_dir)
+        except BaseException as stop:  # a stop or a full disk now: say what is already out
+            stop.add_note(f"the predictions were written ({'stdout' if out == '-' else out}); "
+                          "the report was not")
+            raise
     return tally
 
 

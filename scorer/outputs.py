@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from scorer.files import atomic_write, file_mode
+from scorer.files import file_mode
 from scorer.pipeline import Row
 from scorer.s3client import client, is_s3, parse_s3_url
 
@@ -258,7 +258,7 @@ CONTENT_TYPES = {".json": "application/json", ".txt": "text/plain; charset=utf-8
 
 
 def write_report(files: dict[str, bytes], target: str) -> None:
-    """Report files into a local folder (each written atomically) or under an S3 prefix."""
+    """Report files into a local folder, as one set, or under an S3 prefix."""
     if is_s3(target):
         bucket, prefix = parse_s3_url(target)
         prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
@@ -269,5 +269,12 @@ def write_report(files: dict[str, bytes], target: str) -> None:
         return
     folder = Path(target)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        atomic_write(folder / name, data)
+    # Every file is written first, into a temporary folder inside the target, then each is
+    # renamed into place (renames take no space): a full disk or a stop while writing leaves
+    # the previous report whole, never a mix of two runs' files.
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".report-") as staging:
+        for name, data in files.items():
+            (Path(staging) / name).write_bytes(data)
+            os.chmod(Path(staging) / name, file_mode())
+        for name in files:
+            os.replace(Path(staging) / name, folder / name)

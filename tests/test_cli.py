@@ -994,6 +994,79 @@ def test_report_dir_that_cannot_be_written_is_a_usage_error_before_scoring(
     assert not out.exists()
 
 
+def report_files_of(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_report_that_cannot_be_written_whole_leaves_the_previous_one(tmp_path, mnist_bundle,
+                                                                       mnist_test_images):
+    """The report is one set: when a file of it cannot be written (here a file-size limit, as
+    a full disk would), none of the new files replaces the old report; the CSV, already
+    written, is kept, and one line says so (no traceback, exit 1)."""
+    import resource
+
+    x, y = mnist_test_images
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_png_tree(first, x[:30], y[:30])
+    write_png_tree(second, x[30:60], y[30:60])
+    out, report = tmp_path / "out.csv", tmp_path / "report"
+    assert score_cli(first, "--model", mnist_bundle, "--out", out, "--report-dir", report,
+                     "--workers", 1).returncode == 0
+    before = report_files_of(report)
+    smallest, largest = sorted(len(data) for data in before.values())[::len(before) - 1]
+    limit = max(out.stat().st_size, smallest) + 1024  # the CSV and small files fit; not all
+    assert limit < largest
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "scorer", second, "--model", mnist_bundle,
+                           "--out", out, "--report-dir", report, "--workers", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_file_size)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = [line for line in done.stderr.splitlines() if not line.startswith("INFO:")]
+    assert line.startswith("error: [Errno 27] File too large") and \
+        line.endswith(f"the predictions were written ({out}); the report was not"), line
+    assert report_files_of(report) == before  # no new file among the old ones
+    assert {Path(r["source"]).parent.parent for r in read_csv(out)[1]} == {second}
+
+
+def test_sigterm_while_the_report_is_built_says_the_csv_was_written(tmp_path, mnist_bundle,
+                                                                    mnist_test_images,
+                                                                    monkeypatch):
+    """A SIGTERM after the CSV was published, while the report is built: the message says
+    what is out, instead of "no output written" beside a new CSV (a real SIGTERM, sent to
+    this process when the report starts)."""
+    from click.testing import CliRunner
+
+    from scorer import cli, job
+
+    x, y = mnist_test_images
+    write_png_tree(tmp_path / "digits", x[:20], y[:20])
+    out, report = tmp_path / "out.csv", tmp_path / "report"
+    build_report = job.build_report
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return build_report(*args, **kwargs)
+
+    monkeypatch.setattr(job, "build_report", signalled)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        done = CliRunner().invoke(cli.main, [str(tmp_path / "digits"), "--model",
+                                             str(mnist_bundle), "--out", str(out),
+                                             "--report-dir", str(report), "--workers", "1"])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert done.exit_code == cli.EXIT_TERMINATED, done.output
+    assert f"terminated (SIGTERM): the predictions were written ({out}); the report was " \
+        "not" in done.output
+    assert len(read_csv(out)[1]) == 20
+    assert not report.exists() or list(report.iterdir()) == []
+
+
 def test_outputs_honour_the_umask(tmp_path, labelled_tree, mnist_bundle):
     out = tmp_path / "out.csv"
     report = tmp_path / "report"
