@@ -32,7 +32,9 @@ class Manifest:
 
     ``classes`` are the output labels in class-index order; ``models`` maps a variant ("int8",
     "float32", "keras") to its file; ``files`` maps every file but the manifest to its hash.
-    ``dataset``, ``training``, ``versions`` and ``metrics`` are informative JSON objects.
+    ``dataset``, ``training``, ``versions``, ``metrics`` and ``lineage`` are informative JSON
+    objects; ``lineage`` (empty for a bundle trained from scratch) says what a fine-tuned
+    bundle came from: its base bundle, the user's images and the settings (docs/bundle.md).
     """
 
     classes: tuple[str, ...]
@@ -44,6 +46,7 @@ class Manifest:
     training: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    lineage: dict = field(default_factory=dict)
     created: str = ""
 
     def with_files(self, files: dict[str, bytes]) -> Manifest:
@@ -65,6 +68,7 @@ class Manifest:
             "training": self.training,
             "versions": self.versions,
             "metrics": self.metrics,
+            **({"lineage": self.lineage} if self.lineage else {}),
             "files": {name: {"sha256": e.sha256, "bytes": e.bytes} if e.bytes is not None
                       else {"sha256": e.sha256} for name, e in self.files.items()},
         }
@@ -88,6 +92,7 @@ class Manifest:
             training=_object(doc, "training", where),
             versions=_object(doc, "versions", where),
             metrics=_object(doc, "metrics", where),
+            lineage=_object(doc, "lineage", where),
             created=str(doc.get("created", "")),
         )
 
