@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from scorer.files import file_mode
+from scorer.files import UnnamedFile, file_mode
 from scorer.pipeline import Row
 from scorer.s3client import client, is_s3, parse_s3_url
 
@@ -70,10 +70,10 @@ class PredictionsCsv:
         self.any_label = False
         self.text = defuse_formula if formula_guard else str
         self.class_cells = [self.text(name) for name in labels]  # once, not once per row
-        self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in finish/abort)
-            "w", newline="", encoding="utf-8", suffix=".csv", delete=False,
-            dir=local_dir_of(target))
+        # No name until it is complete: a killed run leaves no temporary file behind.
+        self.temp = UnnamedFile(local_dir_of(target))
         try:
+            self.file = self.temp.open_text()
             self.writer = csv.writer(self.file)  # RFC 4180 quoting of commas, quotes, newlines
             self.writer.writerow(csv_header(labels, True, with_probabilities, fields))
         except BaseException:
@@ -123,17 +123,19 @@ class PredictionsCsv:
         """Publish the rows. Its temporary files go whatever happens here (a full disk, a
         SIGTERM while the label column is dropped)."""
         self.file.close()
-        path = self.file.name
+        published = self.temp
         try:
             if not self.any_label and self.label_column is not True:
-                path = drop_column(path, LABEL_COLUMN)
-            publish_file(path, self.target)
+                published = drop_column(self.temp, LABEL_COLUMN)
+            publish_file(published, self.target)
         finally:
-            Path(self.file.name).unlink(missing_ok=True)
+            self.temp.close()
+            published.close()
 
     def abort(self) -> None:
-        self.file.close()
-        Path(self.file.name).unlink(missing_ok=True)
+        if hasattr(self, "file"):
+            self.file.close()
+        self.temp.close()
 
 
 def is_stream_target(target: str) -> bool:
@@ -156,18 +158,17 @@ def local_dir_of(target: str) -> str | None:
     return str(Path(target).resolve().parent)
 
 
-def drop_column(path: str, index: int) -> str:
-    """A copy of the CSV at `path` without column `index` (a new temporary file beside it; the
-    original is removed once the copy is complete, and the copy if it is not)."""
-    fd, stripped = tempfile.mkstemp(suffix=".csv", dir=os.path.dirname(path))
+def drop_column(csv_file: UnnamedFile, index: int) -> UnnamedFile:
+    """A copy of the CSV in `csv_file` without column `index`, in a new temporary file beside
+    it (closed if the copy fails)."""
+    stripped = UnnamedFile(csv_file.folder)
     try:
-        with open(path, newline="", encoding="utf-8") as source, \
-                os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
+        with open(csv_file.path, newline="", encoding="utf-8") as source, \
+                stripped.open_text() as out:
             copy_without_column(source, out, index)
     except BaseException:
-        Path(stripped).unlink(missing_ok=True)
+        stripped.close()
         raise
-    os.unlink(path)
     return stripped
 
 
@@ -233,24 +234,21 @@ class S3Upload:
                                             UploadId=upload_id)
 
 
-def publish_file(path: str, target: str) -> None:
-    """Move a finished temporary file to a local path, stdout or S3; the temp file is removed."""
-    try:
-        if target == "-":
-            with open(path, "rb") as finished:
-                shutil.copyfileobj(finished, sys.stdout.buffer)
-            sys.stdout.flush()
-        elif is_stream_target(target):
-            with open(path, "rb") as finished, open(target, "wb") as device:
-                shutil.copyfileobj(finished, device)
-        elif is_s3(target):
-            bucket, key = parse_s3_url(target)
-            client().upload_file(path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
-        else:
-            os.chmod(path, file_mode())
-            os.replace(path, target)
-    finally:
-        Path(path).unlink(missing_ok=True)
+def publish_file(finished: UnnamedFile, target: str) -> None:
+    """Put a finished temporary file at a local path (renamed into place), stdout, a device or
+    FIFO (copied into it) or S3 (uploaded)."""
+    if target == "-":
+        with open(finished.path, "rb") as source:
+            shutil.copyfileobj(source, sys.stdout.buffer)
+        sys.stdout.flush()
+    elif is_stream_target(target):
+        with open(finished.path, "rb") as source, open(target, "wb") as device:
+            shutil.copyfileobj(source, device)
+    elif is_s3(target):
+        bucket, key = parse_s3_url(target)
+        client().upload_file(finished.path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
+    else:
+        finished.publish(target)
 
 
 CONTENT_TYPES = {".json": "application/json", ".txt": "text/plain; charset=utf-8",

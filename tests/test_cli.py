@@ -648,7 +648,8 @@ def test_workers_are_capped_by_the_cores_and_the_open_file_limit(tmp_path, label
 
 def test_workers_die_with_a_killed_run(tmp_path, mnist_bundle, mnist_test_images):
     """SIGKILL of digits-score (no cleanup code runs): its workers die with it instead of
-    running on for tens of seconds (Linux's parent-death signal)."""
+    running on for tens of seconds (Linux's parent-death signal), and its temporary CSV,
+    which has no name until it is complete, goes with it."""
     import psutil
 
     data = mnist_png(mnist_test_images[0][0])
@@ -670,6 +671,7 @@ def test_workers_die_with_a_killed_run(tmp_path, mnist_bundle, mnist_test_images
     proc.wait(timeout=30)
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not [w for w in alive if w.status() != psutil.STATUS_ZOMBIE]
+    assert [path.name for path in tmp_path.iterdir()] == ["many.zip"]
 
 
 def test_sigterm_to_the_process_group_never_hangs(tmp_path, mnist_bundle, mnist_test_images):
