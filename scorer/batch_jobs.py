@@ -70,9 +70,13 @@ def job_prefix(job_id: str, config: Config) -> str:
 
 def job_source(source: str, config: Config) -> tuple[str, str]:
     """(bucket, prefix) of a job's `s3://bucket/prefix/` source, which must lie under the input
-    prefix (the function may read nothing else). A missing final "/" is added."""
+    prefix, in the input bucket when one is configured (the function may read nothing else;
+    IAM and the state machine refuse it too). A missing final "/" is added."""
     bucket, prefix = parse_s3_url(source)
     prefix = prefix if prefix.endswith("/") else prefix + "/"
+    if config.input_bucket is not None and bucket != config.input_bucket:
+        raise ValueError(f"{source}: a scale-out job's source must lie in "
+                         f"s3://{config.input_bucket}/{config.input_prefix}")
     if not prefix.startswith(config.input_prefix):
         raise ValueError(f"{source}: a scale-out job's source must lie under "
                          f"s3://<bucket>/{config.input_prefix}")

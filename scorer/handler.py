@@ -106,7 +106,7 @@ def score_notified(bucket: str, key: str) -> str | None:
     try:
         return score(bucket, key)
     except Exception as err:
-        if not is_gone_or_archived(err):
+        if not is_gone_or_archived(err, bucket, key):
             raise
         logger.warning("object not scored, not retried", extra={
             "bucket": bucket, "key": key, "reason": gone_or_archived_reason(err)})

@@ -33,6 +33,7 @@ class Config:
     output_bucket: str | None  # None: write beside the input, in the same bucket
     min_confidence: float | None = None  # below it, rows get status=review
     numbers: NumberMode | None = None  # None: one digit per image; else one number (a field)
+    input_bucket: str | None = None  # the only bucket a scale-out job may read (None: any)
 
     @classmethod
     def from_env(cls) -> Config:
@@ -43,6 +44,7 @@ class Config:
             output_bucket=os.environ.get("OUTPUT_BUCKET") or None,
             min_confidence=parse_min_confidence(os.environ.get("MIN_CONFIDENCE", "")),
             numbers=parse_read(os.environ.get("READ", ""), os.environ.get("LENGTH", "")),
+            input_bucket=os.environ.get("INPUT_BUCKET") or None,
         )
         if not config.output_prefix or config.output_prefix.startswith(config.input_prefix) \
                 or config.input_prefix.startswith(config.output_prefix):

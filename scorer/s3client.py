@@ -71,15 +71,37 @@ def s3_errors() -> tuple[type[BaseException], ...]:
 
 # Conditions of one object that no retry can change: it was deleted (a notification can arrive
 # after that), or it sits in an archive storage class (GLACIER, DEEP_ARCHIVE) until restored.
-GONE_OR_ARCHIVED = frozenset({"NoSuchKey", "404", "NotFound", "InvalidObjectState"})
+MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+ARCHIVED = "InvalidObjectState"
+# S3 answers a GET or HEAD of a missing key with 403, not 404, when the caller may not list
+# the bucket; the function may list only under its prefixes (an s3:prefix condition, which a
+# GET does not carry), so a denied read may be a missing key.
+DENIED = frozenset({"AccessDenied", "403", "Forbidden"})
 
 
-def is_gone_or_archived(exc: BaseException) -> bool:
-    return error_code(exc) in GONE_OR_ARCHIVED
+def is_missing(exc: BaseException, bucket: str, key: str) -> bool:
+    """Whether a failed GET/HEAD of the key means it does not exist: 404, or 403 for a key
+    that a listing of exactly that key does not show (the one reading both of S3's answers)."""
+    code = error_code(exc)
+    return code in MISSING or (code in DENIED and not is_listed(bucket, key))
+
+
+def is_listed(bucket: str, key: str) -> bool:
+    """Whether the key exists, by listing it (allowed under a prefix-conditioned
+    s3:ListBucket). True when even the listing is refused: then the 403 was real."""
+    try:
+        page = client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    except s3_errors():
+        return True
+    return any(obj["Key"] == key for obj in page.get("Contents", []))
+
+
+def is_gone_or_archived(exc: BaseException, bucket: str, key: str) -> bool:
+    return error_code(exc) == ARCHIVED or is_missing(exc, bucket, key)
 
 
 def gone_or_archived_reason(exc: BaseException) -> str:
-    if error_code(exc) == "InvalidObjectState":
+    if error_code(exc) == ARCHIVED:
         return "object is archived (GLACIER or DEEP_ARCHIVE): restore it to score it"
     return "object no longer exists (deleted before it was read)"
 
@@ -103,7 +125,7 @@ def get_json(bucket: str, key: str) -> dict | None:
     try:
         body = client().get_object(Bucket=bucket, Key=key)["Body"]
     except s3_errors() as exc:
-        if error_code(exc) in ("NoSuchKey", "404"):
+        if is_missing(exc, bucket, key):
             return None
         raise
     with body:

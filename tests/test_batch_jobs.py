@@ -57,8 +57,8 @@ def handler(mnist_bundle, monkeypatch):
 
     monkeypatch.setenv("MODEL_DIR", str(mnist_bundle))
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Test")
-    for name in ("INPUT_PREFIX", "OUTPUT_PREFIX", "OUTPUT_BUCKET", "MIN_CONFIDENCE", "READ",
-                 "LENGTH"):
+    for name in ("INPUT_PREFIX", "OUTPUT_PREFIX", "INPUT_BUCKET", "OUTPUT_BUCKET",
+                 "MIN_CONFIDENCE", "READ", "LENGTH"):
         monkeypatch.delenv(name, raising=False)
     scorer.handler.bundle_and_config.cache_clear()
 
@@ -274,6 +274,11 @@ def test_sources_outside_the_input_prefix_and_bad_job_ids_are_refused(mnist_bund
         with pytest.raises(ValueError, match="job_id"):
             batch_jobs.job_prefix(job_id, config)
     assert batch_jobs.job_prefix("exec-1", config) == "predictions/.jobs/exec-1/"
+    pinned = s3_jobs.Config(str(mnist_bundle), "incoming/", "predictions/", None,
+                            input_bucket="uploads")
+    assert batch_jobs.job_source("s3://uploads/incoming/x/", pinned) == ("uploads", "incoming/x/")
+    with pytest.raises(ValueError, match=r"must lie in s3://uploads/incoming/"):
+        batch_jobs.job_source("s3://other-bucket/incoming/x/", pinned)
 
 
 def test_part_ids_of_keys_holding_newlines_do_not_collide():

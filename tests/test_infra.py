@@ -439,7 +439,7 @@ def test_function_runtime_handler_and_environment(template):
     env = r(fn["Environment"]["Variables"])
     assert "MODEL_DIR" not in env, "the handler defaults to the bundle packaged at model/"
     assert env["INPUT_PREFIX"] == "incoming/" and env["OUTPUT_PREFIX"] == "predictions/"
-    assert env["OUTPUT_BUCKET"] == r.bucket_name()
+    assert env["OUTPUT_BUCKET"] == env["INPUT_BUCKET"] == r.bucket_name()
     for key in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE",
                 "POWERTOOLS_LOG_LEVEL"):
         assert env[key], key

@@ -18,8 +18,8 @@ from scorer.bundle import load_bundle
 from scorer.numbers import Length
 from scorer.workers import NumberMode
 
-ENV = ("MODEL_DIR", "INPUT_PREFIX", "OUTPUT_PREFIX", "OUTPUT_BUCKET", "MIN_CONFIDENCE", "READ",
-       "LENGTH")
+ENV = ("MODEL_DIR", "INPUT_PREFIX", "OUTPUT_PREFIX", "INPUT_BUCKET", "OUTPUT_BUCKET",
+       "MIN_CONFIDENCE", "READ", "LENGTH")
 
 
 # ---------------------------------------------------------------- number fields for the tests

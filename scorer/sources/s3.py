@@ -20,6 +20,7 @@ from scorer.s3client import (
     error_code,
     gone_or_archived_reason,
     is_gone_or_archived,
+    is_missing,
     parse_s3_url,
     s3_errors,
     s3_url,
@@ -67,7 +68,7 @@ def _object_exists(bucket: str, key: str, fail_fast: bool) -> bool:
     try:
         client().head_object(Bucket=bucket, Key=key)
     except s3_errors() as exc:
-        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+        if is_missing(exc, bucket, key):
             return False
         if fail_fast:
             raise
@@ -181,11 +182,12 @@ def _too_large_row(bucket: str, key: str, size: int) -> Input:
     return error_input(name, too_large_reason(size), label_from_parent(key))
 
 
-def _failed_get(exc: BaseException, fail_fast: bool, in_listing: bool) -> str:
+def _failed_get(exc: BaseException, bucket: str, key: str, fail_fast: bool,
+                in_listing: bool) -> str:
     """The error row's reason for a failed GET, or raise. Inside a listing (a prefix job), an
     object deleted or archived since it was listed is one bad row, not a reason to abort the
     job (and retrying cannot fix it); elsewhere `fail_fast` raises, so the caller decides."""
-    if in_listing and is_gone_or_archived(exc):
+    if in_listing and is_gone_or_archived(exc, bucket, key):
         return gone_or_archived_reason(exc)
     if fail_fast:
         raise exc
@@ -207,7 +209,7 @@ def _get_image(bucket: str, key: str, fail_fast: bool, in_listing: bool = False)
         finally:
             body.close()
     except s3_errors() as exc:
-        return error_input(name, _failed_get(exc, fail_fast, in_listing), label)
+        return error_input(name, _failed_get(exc, bucket, key, fail_fast, in_listing), label)
     if too_large(len(data)):
         return _too_large_row(bucket, key, len(data))
     return Input(name=name, data=data, error=None, label=label)
@@ -240,7 +242,7 @@ def _iter_zip_object(bucket: str, key: str, stats: SourceStats, fail_fast: bool,
             finally:
                 body.close()
         except s3_errors() as exc:
-            yield error_input(name, _failed_get(exc, fail_fast, in_listing))
+            yield error_input(name, _failed_get(exc, bucket, key, fail_fast, in_listing))
             return
         spool.seek(0)
         yield from iter_zip(spool, name, stats)  # type: ignore[arg-type]
