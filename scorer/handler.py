@@ -113,8 +113,26 @@ def score_notified(bucket: str, key: str) -> str | None:
         return None
 
 
+ACCEPTED_EVENTS = ('an SQS batch of S3 notifications, an S3 notification {"Records": [{"s3": '
+                   '...}]}, an EventBridge "Object Created" event from S3, an S3 Batch '
+                   'Operations job, {"source": "s3://bucket/prefix/"}, or a scale-out job\'s '
+                   '{"BatchInput": ..., "Items": [...]} and {"merge": ...}')
+
+
+class UnsupportedEvent(ValueError):
+    """An event of a shape the handler does not serve (a Step Functions error object, a
+    scheduled event, {}): said at once, not as a KeyError from inside a parser."""
+
+    def __init__(self, event: object):
+        keys = sorted(event)[:8] if isinstance(event, dict) else type(event).__name__
+        super().__init__(f"unsupported event (keys: {keys}); the function accepts "
+                         f"{ACCEPTED_EVENTS}")
+
+
 def notified_objects(event: dict) -> list[tuple[str, str]]:
     """(bucket, key) of each created object in an S3 or EventBridge notification."""
+    if not is_s3_notification(event):
+        raise UnsupportedEvent(event)
     if event.get("source") == "aws.s3" and "detail" in event:
         if event.get("detail-type") != "Object Created":  # e.g. "Object Deleted"
             return []
@@ -178,3 +196,15 @@ def is_retryable(err: Exception) -> bool:
     timeouts = ("ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError",
                 "ConnectionClosedError")
     return code in RETRYABLE_S3_CODES or status >= 500 or type(err).__name__ in timeouts
+
+
+def is_s3_notification(event: object) -> bool:
+    """An S3 notification (records that each hold an "s3" object) or an EventBridge event
+    from S3."""
+    if not isinstance(event, dict):
+        return False
+    if event.get("source") == "aws.s3":
+        return isinstance(event.get("detail"), dict)
+    records = event.get("Records")
+    return isinstance(records, list) and \
+        all(isinstance(record, dict) and isinstance(record.get("s3"), dict) for record in records)

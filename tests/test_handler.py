@@ -466,3 +466,31 @@ def test_a_bad_read_or_length_fails_the_message_before_scoring(stack, lambda_roo
                 if line.get("message") == "message failed; SQS will deliver it again"]
     assert failed["message_id"] == upload and message in str(failed["exception"])
     assert outputs(stack) == {}
+
+
+@pytest.mark.parametrize("event", [
+    {},
+    {"Error": "States.TaskFailed", "Cause": "{\"errorMessage\": \"boom\"}"},  # a Catch's output
+    {"version": "0", "id": "e3", "detail-type": "Scheduled Event", "source": "aws.events",
+     "resources": ["arn:aws:events:us-east-1:123456789012:rule/every-hour"], "detail": {}},
+    {"Records": [{"EventSource": "aws:sns", "Sns": {"Message": "hello"}}]},
+], ids=["empty", "step-functions-error", "scheduled", "sns"])
+def test_an_event_of_another_shape_is_refused_with_the_shapes_accepted(event, monkeypatch):
+    """Not a KeyError: 'Records' from inside Powertools' parsers, but one message that names
+    the event's keys and every shape the function serves."""
+    import scorer.handler
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Test")
+
+    class Context:
+        function_name = "digits-scorer"
+        memory_limit_in_mb = 1769
+        aws_request_id = "req-1"
+        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:digits-scorer"
+
+    with pytest.raises(scorer.handler.UnsupportedEvent) as refused:
+        scorer.handler.handler(event, Context())
+    message = str(refused.value)
+    assert message.startswith(f"unsupported event (keys: {sorted(event)}")
+    for shape in ("S3 notification", "EventBridge", "Batch Operations", '{"source"', "merge"):
+        assert shape in message
