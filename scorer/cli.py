@@ -64,7 +64,7 @@ def check_out(out: str) -> None:
                       "full disk); 2 usage error (bad option, missing source, missing or "
                       "corrupt model bundle, hash mismatch). "
                       "Details: docs/output.md.")
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1, required=False)  # required unless --model-info
 @click.option("--model", "model_dir", default="artifacts",
               help="Model bundle folder written by digits-train.")
 @click.option("--variant", type=click.Choice(["int8", "float32"]), default="int8",
@@ -102,9 +102,21 @@ def check_out(out: str) -> None:
 @click.option("--raw-csv", is_flag=True,
               help="Write every cell exactly. By default a cell starting with = + - @ (a file "
               "name a spreadsheet would run as a formula) gets a leading single quote.")
+@click.option("--review-dir", default=None, metavar="DIR",
+              help="Copy the original bytes of every review row (and, with labels, every "
+              "misread row) into DIR/<predicted class>/, with DIR/review.csv mapping each copy "
+              "to its source: sort the misfiled ones into the right folders, then fine-tune "
+              "(docs/fine-tuning.md). DIR must be new or empty; written whole at the end.")
+@click.option("--review-max", type=click.IntRange(1, 1_000_000), default=1000,
+              help="Most copies in --review-dir (and at most 512 MB); the rest are counted in "
+              "a warning.")
+@click.option("--model-info", is_flag=True,
+              help="Print the --model bundle's details and lineage (what it was trained or "
+              "fine-tuned from) and exit; no SOURCES needed.")
 @click.version_option(__version__, prog_name="digits-score")
 def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batch_size,
-         read_mode, length_text, probabilities, min_confidence, time_per_image, raw_csv) -> None:
+         read_mode, length_text, probabilities, min_confidence, time_per_image, raw_csv,
+         review_dir, review_max, model_info) -> None:
     """Classify digit images in SOURCES (image files, folders, .zip archives, s3://bucket/prefix/
     or s3://bucket/archive.zip) and write one CSV row per image:
     source,prediction,confidence,status,error[,label][,p0..p9] (--read number: plus digits).
@@ -116,13 +128,18 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     from scorer.images.budget import set_seconds_per_image
     from scorer.sources import LabelMatcher, SourceError, SourceStats, check_specs, iter_inputs
 
+    if not sources and not model_info:
+        raise click.UsageError("Missing argument 'SOURCES...'.")
     try:
         bundle = load_bundle(model_dir, variant)
+        if model_info:
+            print_model_info(bundle)
         check_specs(sources)
     except (BundleError, SourceError) as err:
         raise click.UsageError(str(err)) from err
     check_out(out)
     check_report_dir(report_dir)
+    review = review_folder(review_dir, review_max, bundle.labels)
     numbers = number_mode(read_mode, length_text, probabilities, bundle.labels)
     matcher = LabelMatcher(read_labels(labels_csv, bundle.labels, numbers is not None)
                            if labels_csv else {})
@@ -132,11 +149,12 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     set_seconds_per_image(time_per_image)
     signal.signal(signal.SIGTERM, terminate)
     try:
-        tally = score_to_outputs(inputs, bundle, out, report_dir, workers=workers,
+        tally = score_to_outputs(inputs, bundle, out, report_dir, review, workers=workers,
                                  batch_size=batch_size, probabilities=probabilities,
                                  min_confidence=min_confidence,
                                  formula_guard=not raw_csv, numbers=numbers,
-                                 run_info=numbers and numbers.describe())
+                                 run_info={"sources": list(sources),
+                                           **(numbers.describe() if numbers else {})})
     except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
         raise click.UsageError(str(err)) from err  # listing starts; a model TFLite cannot load
     except Terminated as stop:  # the job removed its temporary files and stopped its workers
@@ -226,15 +244,60 @@ def progress_bar(rows):
     return tqdm(rows, unit="img", file=sys.stderr, leave=False)
 
 
-def score_to_outputs(inputs, bundle, out, report_dir, **options):
+def score_to_outputs(inputs, bundle, out, report_dir, review=None, **options):
     from scorer.job import run_job
 
-    tally = run_job(inputs, bundle, out, report_dir, **options,
-                    progress=progress_bar if sys.stderr.isatty() else None)
+    progress = progress_bar if sys.stderr.isatty() else None
+    if review is not None:  # notes the rows to copy as they stream past
+        progress = review.watch if progress is None else \
+            (lambda rows, bar=progress: bar(review.watch(rows)))
+    tally = run_job(inputs, bundle, out, report_dir, **options, progress=progress)
     if report_dir and not tally.labelled:
         click.echo("warning: no labelled images were scored, so no report was written "
                    "(use folders named 0-9 or --labels)", err=True)
+    if review is not None:
+        write_review(review, out)
     return tally
+
+
+def print_model_info(bundle) -> None:
+    """--model-info: the bundle's details and lineage, then exit 0."""
+    from scorer.bundle.info import describe
+
+    click.echo(describe(bundle), nl=False)
+    sys.exit(0)
+
+
+def review_folder(review_dir: str | None, review_max: int, classes: list[str]):
+    """A ReviewFolder for --review-dir (checked now, before scoring), or None."""
+    if review_dir is None:
+        return None
+    from scorer.review import ReviewDirError, ReviewFolder, check_target
+
+    try:
+        check_target(review_dir)
+    except ReviewDirError as err:
+        raise click.BadParameter(str(err), param_hint="--review-dir") from err
+    return ReviewFolder(review_dir, classes, review_max)
+
+
+def write_review(review, out: str) -> None:
+    """Copy the noted rows into --review-dir, and say what was copied and what was not."""
+    try:
+        copied = review.write()
+    except BaseException as stop:  # a full disk or SIGTERM now: the CSV is out, DIR is not
+        stop.add_note(f"the predictions were written ({'stdout' if out == '-' else out}); "
+                      f"the review folder {review.target} was not")
+        raise
+    click.echo(f"review: {copied} images copied to {review.target}/ by predicted class "
+               f"({review.target}/review.csv maps them to their sources)", err=True)
+    if review.left_out:
+        click.echo(f"warning: --review-dir: {review.left_out} more rows to review were not "
+                   f"copied (at most --review-max {review.limit} copies and "
+                   f"{review.max_bytes >> 20} MB)", err=True)
+    if review.unreadable:
+        click.echo(f"warning: --review-dir: {review.unreadable} sources could not be read "
+                   "again (review.csv says why)", err=True)
 
 
 if __name__ == "__main__":

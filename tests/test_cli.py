@@ -169,7 +169,7 @@ def test_labelled_folders_give_a_label_column_and_high_accuracy(labelled_run, la
     assert "accuracy" in done.stderr  # the summary line
 
 
-def test_report_dir_matches_the_csv(labelled_run):
+def test_report_dir_matches_the_csv(labelled_run, labelled_tree):
     done, out, report = labelled_run
     _, rows = read_csv(out)
     assert sorted(p.name for p in report.iterdir()) == [
@@ -179,6 +179,7 @@ def test_report_dir_matches_the_csv(labelled_run):
     assert doc["accuracy"] == pytest.approx(accuracy(rows), abs=1e-9)
     assert doc["samples"] == len(rows)
     assert doc["run"]["images_scored"] == len(rows) and doc["run"]["images_failed"] == 0
+    assert doc["run"]["sources"] == [str(labelled_tree)]  # the Run card says what was scored
     matrix = list(csv.reader(io.StringIO((report / "confusion_matrix.csv").read_text())))
     counts = np.array([[int(v) for v in line[1:]] for line in matrix[1:]])
     assert counts.shape == (10, 10) and counts.sum() == len(rows)

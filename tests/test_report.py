@@ -453,3 +453,21 @@ def test_metrics_and_coverage_of_many_rows_take_a_few_bytes_a_row():
                                    confidence.astype(np.float64).tolist())
     assert coverage_table(y_true, y_pred, confidence) == coverage_table(
         wide_true, wide_pred, confidence.astype(np.float64))
+
+
+def test_the_coverage_plot_spans_the_accuracies_it_shows():
+    """A curve from 98.9 % to 100 % fills the plot from 98 % (it used to start at 90 %, a flat
+    line along the top edge), and each axis label sits on the height of its value."""
+    from scorer.report.page import _coverage_plot
+
+    svg = _coverage_plot([[0.1, 1.0], [0.5, 0.995], [1.0, 0.989]])
+    labels = dict((text, float(y)) for y, text in re.findall(
+        r'<text x="[\d.]+" y="([\d.]+)" text-anchor="end" dominant-baseline="middle">'
+        r"(\d+%)</text>", svg))
+    assert set(labels) == {"100%", "98%"}
+    curve = [tuple(map(float, point.split(","))) for point in re.search(
+        r'<polyline points="([^"]+)" class="curve"/>', svg).group(1).split()]
+    assert labels["100%"] == curve[0][1]  # the curve's 100 % point is level with its label
+    assert labels["98%"] - curve[-1][1] > 0.3 * (labels["98%"] - labels["100%"])  # not flat
+    wide = _coverage_plot([[0.2, 0.97], [1.0, 0.62]])
+    assert ">61%</text>" in wide

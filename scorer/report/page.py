@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from html import escape
 
 import numpy as np
@@ -188,23 +189,29 @@ def _coverage_section(coverage: dict | None) -> str:
 
 
 def _coverage_plot(curve: list[list[float]], w: int = 320, h: int = 200, pad: int = 36) -> str:
-    """Inline SVG (no script): x = coverage 0-100 %, y = accuracy of the accepted, from the
-    lowest accuracy on the curve (at most 90 %) to 100 %."""
+    """Inline SVG (no script): x = coverage 0-100 %, y = accuracy of the accepted, from a
+    whole percent below the lowest accuracy on the curve to 100 %, so that a curve from 98.9 %
+    to 100 % fills the plot instead of lying flat along its top."""
     if not curve:
         return ""
-    low = min(0.9, min(acc for _, acc in curve))
+    low = max(0.0, math.floor(min(acc for _, acc in curve) * 100 - 0.5) / 100)
     span = max(1.0 - low, 1e-9)
 
+    def y(acc: float) -> str:
+        return f"{8 + (1.0 - acc) / span * (h - pad - 8):.1f}"
+
     def xy(cov: float, acc: float) -> str:
-        return f"{pad + cov * (w - pad - 8):.1f},{8 + (1.0 - acc) / span * (h - pad - 8):.1f}"
+        return f"{pad + cov * (w - pad - 8):.1f},{y(acc)}"
 
     points = " ".join(xy(c, a) for c, a in curve)
     return (f'<svg width="{w}" height="{h}" role="img" aria-label="accuracy against coverage">'
             f'<polyline points="{xy(0, low)} {xy(0, 1)}" class="axis"/>'
             f'<polyline points="{xy(0, low)} {xy(1, low)}" class="axis"/>'
             f'<polyline points="{points}" class="curve"/>'
-            f'<text x="{pad - 4}" y="14" text-anchor="end">100%</text>'
-            f'<text x="{pad - 4}" y="{h - pad}" text-anchor="end">{low:.0%}</text>'
+            f'<text x="{pad - 4}" y="{y(1)}" text-anchor="end" dominant-baseline="middle">'
+            '100%</text>'
+            f'<text x="{pad - 4}" y="{y(low)}" text-anchor="end" dominant-baseline="middle">'
+            f'{low:.0%}</text>'
             f'<text x="{w - 8}" y="{h - pad + 16}" text-anchor="end">coverage 100%</text>'
             f'<text x="{pad}" y="{h - pad + 16}">0%</text>'
             f'<text x="{pad + 4}" y="{h - 6}">accuracy of accepted vs share accepted</text>'
