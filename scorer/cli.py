@@ -99,6 +99,8 @@ def check_out(out: str) -> None:
               metavar="SECONDS",
               help="Most time decoding and normalising one image may take; an image that takes "
               "longer is an error row (a small file can cost minutes: a time bomb).")
+@click.option("--verbose", is_flag=True,
+              help="Also show the TFLite runtime's messages (or set DIGITS_VERBOSE=1).")
 @click.option("--raw-csv", is_flag=True,
               help="Write every cell exactly. By default a cell starting with = + - @ (a file "
               "name a spreadsheet would run as a formula) gets a leading single quote.")
@@ -115,7 +117,7 @@ def check_out(out: str) -> None:
               "fine-tuned from) and exit; no SOURCES needed.")
 @click.version_option(__version__, prog_name="digits-score")
 def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batch_size,
-         read_mode, length_text, probabilities, min_confidence, time_per_image, raw_csv,
+         read_mode, length_text, probabilities, min_confidence, time_per_image, verbose, raw_csv,
          review_dir, review_max, model_info) -> None:
     """Classify digit images in SOURCES (image files, folders, .zip archives, s3://bucket/prefix/
     or s3://bucket/archive.zip) and write one CSV row per image:
@@ -124,12 +126,17 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     Images of any style are normalised the way MNIST was (ink polarity, contrast, crop, 20 px box,
     centre of mass). Images without ink are status=blank; broken files become rows with
     status=error; the run goes on."""
+    import os
+
     from scorer.bundle import BundleError, load_bundle
+    from scorer.bundle.classifier import VERBOSE
     from scorer.images.budget import set_seconds_per_image
     from scorer.sources import LabelMatcher, SourceError, SourceStats, check_specs, iter_inputs
 
     if not sources and not model_info:
         raise click.UsageError("Missing argument 'SOURCES...'.")
+    if verbose:  # read where interpreters are made, in this process and its workers
+        os.environ[VERBOSE] = "1"
     try:
         bundle = load_bundle(model_dir, variant)
         if model_info:

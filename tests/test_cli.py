@@ -548,6 +548,21 @@ def test_out_in_a_missing_folder_or_on_a_folder(tmp_path, labelled_tree, mnist_b
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no stray temporary files
 
 
+def test_only_the_summary_line_unless_verbose(tmp_path, labelled_tree, mnist_bundle):
+    """LiteRT's runtime announces its XNNPACK delegate on stderr, once per process that
+    scores: hidden by default, shown with --verbose (or DIGITS_VERBOSE=1)."""
+    quiet = score_cli(labelled_tree / "3", "--model", mnist_bundle, "--out", tmp_path / "a.csv",
+                      "--workers", 2)
+    assert quiet.returncode == 0, quiet.stderr
+    [line] = quiet.stderr.splitlines()
+    assert line.startswith("scored ")
+    loud = score_cli(labelled_tree / "3", "--model", mnist_bundle, "--out", tmp_path / "b.csv",
+                     "--workers", 1, "--verbose")
+    assert loud.stderr.splitlines()[0] == "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    assert loud.stderr.splitlines()[-1].startswith("scored ")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
 def test_version_and_help():
     done = score_cli("--version")
     assert done.returncode == 0 and scorer.__version__ in done.stdout

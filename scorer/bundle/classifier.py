@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
 import numpy as np
 
 from scorer.bundle.manifest import BundleError
@@ -17,6 +23,34 @@ def load_interpreter_class():
         except ImportError as err:
             raise BundleError("no TFLite runtime: pip install ai-edge-litert") from err
     return Interpreter
+
+
+VERBOSE = "DIGITS_VERBOSE"  # set (to anything but "" or "0"): the runtime's INFO lines are shown
+
+
+@contextlib.contextmanager
+def runtime_info_hidden() -> Iterator[None]:
+    """Hide the INFO lines LiteRT's C++ runtime writes straight to stderr ("Created TensorFlow
+    Lite XNNPACK delegate for CPU.", once per interpreter and worker) unless DIGITS_VERBOSE is
+    set: the summary line is what a user should see. Anything else it writes (warnings,
+    errors) is passed on. Native code writes to file descriptor 2, so that is what is caught."""
+    if os.environ.get(VERBOSE, "") not in ("", "0"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            shown = [line for line in caught.read().splitlines(keepends=True)
+                     if not line.startswith(b"INFO: ")]
+            if shown:
+                os.write(2, b"".join(shown))
 
 
 class Classifier:
@@ -52,7 +86,9 @@ class Classifier:
         if n != self.batch_size:
             shape = [n, *self.input["shape"][1:]]
             self.interpreter.resize_tensor_input(self.input["index"], shape)
-            self.interpreter.allocate_tensors()
+            # The first allocation applies the default delegate, which announces itself.
+            with runtime_info_hidden() if self.batch_size == 0 else contextlib.nullcontext():
+                self.interpreter.allocate_tensors()
             self.input = self.interpreter.get_input_details()[0]
             self.output = self.interpreter.get_output_details()[0]
             self.batch_size = n
