@@ -240,10 +240,7 @@ def merge_job(merge: dict, bundle: Bundle, config: Config) -> dict:
     any_label = any(part["any_label"] for part in parts)
     write_csv(out_bucket, parts, out, bundle.labels, any_label, fields)
     totals = {name: sum(part[name] for part in parts) for name in COUNTS}
-    tally = Tally(scored=totals["scored"], review=totals["review"], blank=totals["blank"],
-                  failed=totals["failed"], labelled=totals["labelled"],
-                  correct=totals["correct"], any_label=any_label, fields=fields)
-    tally.finish()
+    tally = Tally.of_counts(totals, any_label, fields)
     if tally.labelled:
         write_report(report_files(out_bucket, parts, bundle, source, config, tally), report_dir)
     result = {"output": out, "report": report_dir if tally.labelled else None,

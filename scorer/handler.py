@@ -31,14 +31,12 @@ from aws_lambda_powertools.utilities.data_classes.s3_batch_operation_event impor
 
 from scorer import batch_jobs, s3_jobs
 from scorer.bundle import Bundle, load_bundle
-from scorer.s3client import gone_or_archived_reason, is_gone_or_archived
+from scorer.s3client import gone_or_archived_reason, is_gone_or_archived, is_retryable
 
 logger = Logger(service="digits-scorer")
 metrics = Metrics(namespace="HandwrittenDigits", service="digits-scorer")
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 TIMEOUT_MARGIN_MS = 60_000  # no new message with less time left than this (one zip takes seconds)
-RETRYABLE_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
-                      "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "503"}
 
 
 @functools.cache
@@ -187,15 +185,6 @@ def batch_operation(event: S3BatchOperationEvent) -> dict:
         result = task.build_task_batch_response(code, f"{type(err).__name__}: {err}"[:500])
     response.add_result(result)
     return response.asdict()
-
-
-def is_retryable(err: Exception) -> bool:
-    """Throttling, timeouts and S3 server errors are worth another try; the rest are not."""
-    code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
-    status = getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    timeouts = ("ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError",
-                "ConnectionClosedError")
-    return code in RETRYABLE_S3_CODES or status >= 500 or type(err).__name__ in timeouts
 
 
 def is_s3_notification(event: object) -> bool:

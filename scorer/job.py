@@ -58,6 +58,16 @@ class Tally:
             self.y_pred.append(row.prediction)
             self.confidence.append(row.confidence)
 
+    @classmethod
+    def of_counts(cls, counts: dict, any_label: bool, fields: bool) -> Tally:
+        """A finished tally of rows counted elsewhere (the parts of a scale-out job):
+        `counts` holds scored, review, blank, failed, labelled and correct."""
+        names = ("scored", "review", "blank", "failed", "labelled", "correct")
+        tally = cls(**{name: counts[name] for name in names}, any_label=any_label,
+                    fields=fields)
+        tally.finish()
+        return tally
+
     def counts(self) -> dict[str, int]:
         """The row counts by status, as logs, metrics and job results report them."""
         return {"scored": self.scored, "review": self.review, "blank": self.blank,

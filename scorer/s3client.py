@@ -106,6 +106,23 @@ def gone_or_archived_reason(exc: BaseException) -> str:
     return "object no longer exists (deleted before it was read)"
 
 
+# Worth another try (S3 Batch Operations' TemporaryFailure): throttling, timeouts, 5xx.
+RETRYABLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                             "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
+                             "503"})
+TIMEOUTS = ("ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError",
+            "ConnectionClosedError")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether another try may succeed: throttling, timeouts and S3 server errors (botocore's
+    own retries, mode "standard", have already tried a few times)."""
+    status = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}) \
+        .get("HTTPStatusCode", 0)
+    return error_code(exc) in RETRYABLE_CODES or status >= 500 or \
+        type(exc).__name__ in TIMEOUTS
+
+
 def error_code(exc: BaseException) -> str:
     """The S3 error code of a ClientError ("NoSuchKey", "SlowDown", ...), else ""."""
     response = getattr(exc, "response", None) or {}

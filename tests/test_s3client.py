@@ -62,3 +62,19 @@ def test_get_json_reads_a_missing_key_as_none_under_either_answer(moto_endpoint,
     monkeypatch.setattr(s3client, "client", DeniesMissingKeys)
     assert s3client.get_json(bucket, "predictions/.jobs/other/merged.json") is None
     assert s3client.get_json(bucket, "predictions/.jobs/j/merged.json") == {"rows": 3}
+
+
+def test_throttling_timeouts_and_server_errors_are_worth_another_try():
+    from botocore.exceptions import ReadTimeoutError
+
+    def error(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    assert s3client.is_retryable(error("SlowDown", 503))
+    assert s3client.is_retryable(error("InternalError", 500))
+    assert s3client.is_retryable(error("", 502))  # a 5xx without a code
+    assert s3client.is_retryable(ReadTimeoutError(endpoint_url="http://127.0.0.1"))
+    assert not s3client.is_retryable(denied())
+    assert not s3client.is_retryable(error("NoSuchKey", 404))
+    assert not s3client.is_retryable(ValueError("a bad setting"))
