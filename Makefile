@@ -10,13 +10,15 @@ TRAIN_ARGS ?=
 LAMBDA_PYTHON ?= 3.12
 LAMBDA_PLATFORM ?= x86_64
 
-.PHONY: help train test bench lint check package lock clean
+.PHONY: help train test bench finetune-bench lint check package lock clean
 
 help:
 	@echo "make train    train, evaluate and export the model bundle to $(ARTIFACTS)/"
 	@echo "              (DATASET=mnist|digits ARCH=mlp|cnn ARTIFACTS=dir TRAIN_ARGS='--no-augment ...')"
 	@echo "make test     run the test suite"
 	@echo "make bench    throughput on 30,000 MNIST PNGs; accuracy of the MLP and CNN on other hands"
+	@echo "make finetune-bench  fine-tune on 400 other writers' images; accuracy before/after, times"
+	@echo "              (SEEDS=42,43,44 FINETUNE_ARGS='--epochs 30 ...')"
 	@echo "make lint     ruff"
 	@echo "make check    lint, then the test suite (what CI runs)"
 	@echo "make package  build/lambda.zip for AWS Lambda (LAMBDA_PYTHON=$(LAMBDA_PYTHON))"
@@ -40,6 +42,13 @@ train: $(VENV)/.train.stamp
 
 test: $(VENV)/.dev.stamp
 	$(BIN)/python -m pytest
+
+SEEDS ?= 42
+FINETUNE_ARGS ?=
+finetune-bench: $(VENV)/.dev.stamp
+	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) train ARTIFACTS=$(ARTIFACTS)
+	$(BIN)/python tools/finetune_bench.py --model $(ARTIFACTS) --seeds $(SEEDS) \
+		--train-args "$(FINETUNE_ARGS)"
 
 lint: $(VENV)/.dev.stamp
 	$(BIN)/ruff check .

@@ -23,8 +23,8 @@ LAYERS = [
     {"scorer.workers"},
     {"scorer.pipeline"},
     {"scorer.outputs"},
-    {"scorer.job"},
-    {"scorer.s3_jobs", "scorer.cli"},
+    {"scorer.job", "scorer.review", "scorer.compare"},  # review: --review-dir; compare: 2 bundles
+    {"scorer.s3_jobs", "scorer.cli", "scorer.compare_cli"},
     {"scorer.batch_jobs"},  # scale-out prefix jobs: batches -> parts -> merge (uses s3_jobs)
     {"scorer.handler", "scorer.__main__"},
 ]

@@ -13,6 +13,11 @@ ARCH_DEFAULTS: dict[str, dict] = {
     "cnn": {"hidden": (128,), "dropout": 0.3, "epochs": 15, "learning_rate": 1e-3},
 }
 TUNABLES = ("hidden", "dropout", "epochs", "learning_rate")
+# Fine-tuning a bundle on the user's images (digits-train --base): a gentle rate over a fixed
+# number of epochs, each epoch REPLAY times as many of the base's training images as the user's
+# (keeps what the base knew), a share of the user's images held out to judge the result.
+FINETUNE_DEFAULTS: dict = {"epochs": 20, "learning_rate": 6e-4, "batch_size": 64, "replay": 4.0,
+                           "holdout": 0.2}
 
 
 def describe(option: str) -> str:

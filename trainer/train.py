@@ -196,7 +196,16 @@ def metrics_json(dataset: data.Dataset, evaluation: Evaluation, tflite: dict[str
 def export_bundle(settings: Settings, dataset: data.Dataset, model: keras.Model,
                  tflite: dict[str, bytes], evaluation: Evaluation, history: dict,
                  metrics: dict) -> None:
-    files = {
+    files = bundle_files(dataset, model, tflite, evaluation, history, metrics)
+    write_bundle(Path(settings.out), files, manifest(settings, dataset, metrics),
+                 overwrite=settings.overwrite)
+    print(f"bundle written to {settings.out}/ ({len(files) + 1} files)")
+
+
+def bundle_files(dataset: data.Dataset, model: keras.Model, tflite: dict[str, bytes],
+                 evaluation: Evaluation, history: dict, metrics: dict) -> dict[str, bytes]:
+    """Every file of the bundle but the manifest: models, C header, metrics, reports."""
+    return {
         "model.tflite": tflite["tflite_int8"],
         "model_float32.tflite": tflite["tflite_float32"],
         "model.keras": keras_bytes(model),
@@ -205,9 +214,6 @@ def export_bundle(settings: Settings, dataset: data.Dataset, model: keras.Model,
         "training_history.json": (json.dumps(history, indent=2) + "\n").encode(),
         **report_files(dataset, evaluation, history, metrics),
     }
-    write_bundle(Path(settings.out), files, manifest(settings, dataset, metrics),
-                 overwrite=settings.overwrite)
-    print(f"bundle written to {settings.out}/ ({len(files) + 1} files)")
 
 
 def report_files(dataset: data.Dataset, evaluation: Evaluation, history: dict,
