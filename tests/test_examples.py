@@ -44,3 +44,20 @@ def test_the_examples_stay_small_and_documented():
     for name in ("empty_box.jpg", "broken.png", "number-labels.csv", "licence"):
         assert name in readme
     assert Path(ROOT / "tools" / "make_examples.py").exists()
+
+
+def test_the_readme_is_a_short_front_door_whose_links_work():
+    """Under 200 lines, its quick start is the command the tests above run, and every
+    relative link names a file or folder that exists."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) < 200
+    assert "digits-score examples/digits --out predictions.csv --report-dir report" in readme
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    assert len(links) > 10
+    for link in links:
+        assert link.startswith("http") or (ROOT / link).exists(), link
+    for page in ROOT.glob("docs/*.md"):
+        for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            assert (page.parent / link).exists(), (page.name, link)
