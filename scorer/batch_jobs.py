@@ -242,7 +242,8 @@ def merge_job(merge: dict, bundle: Bundle, config: Config) -> dict:
     totals = {name: sum(part[name] for part in parts) for name in COUNTS}
     tally = Tally.of_counts(totals, any_label, fields)
     if tally.labelled:
-        write_report(report_files(out_bucket, parts, bundle, source, config, tally), report_dir)
+        files = merged_report_files(out_bucket, parts, bundle, source, config, tally)
+        write_report(files, report_dir)
     result = {"output": out, "report": report_dir if tally.labelled else None,
               "parts": len(parts), **totals, "accuracy": tally.accuracy}
     put_json(out_bucket, f"{jobs}merged.json", result)
@@ -377,7 +378,7 @@ def rows_without_label(body: bytes) -> Iterator[bytes]:
     yield piece.getvalue().encode("utf-8")
 
 
-def report_files(bucket: str, parts: list[dict], bundle: Bundle, source: str, config: Config,
+def merged_report_files(bucket: str, parts: list[dict], bundle: Bundle, source: str, config: Config,
                  tally: Tally) -> dict[str, bytes]:
     """The report a prefix job would write (the digit or the number report, as `tally.fields`
     says), from the parts' labelled values (in row order), with the same code (`build_report`)."""
@@ -398,11 +399,7 @@ def shown_examples(bucket: str, parts: list[dict], y_true: np.ndarray, y_pred: n
     the most confident errors and the least confident predictions, ties to the earlier row.
     A row chosen over the whole job is among its own part's choices, so each part kept its
     candidates' images and only the parts holding a chosen row are read."""
-    k = report.DEFAULT_K
-    index = np.arange(len(confidence))
-    wrong = index[y_true != y_pred]
-    misclassified = wrong[np.lexsort((wrong, -confidence[wrong]))][:k]
-    least = np.lexsort((index, confidence))[:k]
+    misclassified, least = report.choose_examples(y_true, y_pred, confidence)
     starts = np.cumsum([0] + [part["labelled"] for part in parts])
     chosen = sorted({int(i) for i in misclassified} | {int(i) for i in least})
     wanted: dict[int, list[int]] = {}

@@ -102,7 +102,7 @@ def score_notified(bucket: str, key: str) -> str | None:
     """Score a notified object. One deleted before we got to it, or archived, is logged and
     acknowledged: retrying cannot change that, it would only fill the dead-letter queue."""
     try:
-        return score(bucket, key)
+        return score_object(bucket, key)
     except Exception as err:
         if not is_gone_or_archived(err, bucket, key):
             raise
@@ -141,7 +141,7 @@ def notified_objects(event: dict) -> list[tuple[str, str]]:
             if record.event_name.startswith("ObjectCreated")]
 
 
-def score(bucket: str, key: str) -> str | None:
+def score_object(bucket: str, key: str) -> str | None:
     bundle, config = bundle_and_config()
     reason = s3_jobs.ignore_reason(key, config)
     if reason:
@@ -177,7 +177,7 @@ def batch_operation(event: S3BatchOperationEvent) -> dict:
             "PermanentFailure", f"not scored: the key is {reason}"))
         return response.asdict()
     try:
-        out = score(task.s3_bucket, task.s3_key)
+        out = score_object(task.s3_bucket, task.s3_key)
         result = task.build_task_batch_response("Succeeded", out)
     except Exception as err:  # noqa: BLE001 (every failure must become a task result)
         code = "TemporaryFailure" if is_retryable(err) else "PermanentFailure"

@@ -93,7 +93,7 @@ def read_mode(config: Config) -> dict:
 
 def run_info(source: str, config: Config) -> dict:
     """The report's run section (before the counts): the source and, in number mode, the mode
-    and the length (digit mode adds nothing, as before)."""
+    and the length (digit mode adds nothing)."""
     return {"source": source, **(read_mode(config) if config.numbers is not None else {})}
 
 

@@ -344,6 +344,25 @@ def test_collector_is_bounded_and_exact():
         np.testing.assert_array_equal(e.image, original[e.source].image)
 
 
+def test_choose_examples_makes_the_collectors_choice_over_arrays():
+    """One rule for the report's grids: the streaming collector (the CLI, a batch) and
+    choose_examples over whole arrays (the trainer, a merge) pick the same rows in the same
+    order, ties included."""
+    from scorer.report import choose_examples
+
+    examples, _ = _stream(5_000, seed=3)
+    labelled = [e for e in examples if e.label is not None]
+    collector = ExampleCollector()
+    for e in labelled:
+        collector.add(e)
+    misclassified, least = choose_examples(np.array([e.label for e in labelled]),
+                                           np.array([e.prediction for e in labelled]),
+                                           np.array([e.confidence for e in labelled]))
+    assert [labelled[i].source for i in misclassified] == \
+        [e.source for e in collector.misclassified]
+    assert [labelled[i].source for i in least] == [e.source for e in collector.least_confident]
+
+
 def test_collector_with_fewer_examples_than_k():
     examples, _ = _stream(20, seed=1)
     c = ExampleCollector()

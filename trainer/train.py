@@ -212,24 +212,26 @@ def bundle_files(dataset: data.Dataset, model: keras.Model, tflite: dict[str, by
         "model_data.h": export.c_array(tflite["tflite_int8"]).encode(),
         "metrics.json": (json.dumps(metrics, indent=2) + "\n").encode(),
         "training_history.json": (json.dumps(history, indent=2) + "\n").encode(),
-        **report_files(dataset, evaluation, history, metrics),
+        **training_report_files(dataset, evaluation, history, metrics),
     }
 
 
-def report_files(dataset: data.Dataset, evaluation: Evaluation, history: dict,
+def training_report_files(dataset: data.Dataset, evaluation: Evaluation, history: dict,
                  metrics: dict) -> dict[str, bytes]:
     """Reports on the deployed model (int8 TFLite): the scorer's text/JSON/HTML plus figures."""
     y_pred = evaluation.predictions["tflite_int8"]
     probs = evaluation.probabilities["tflite_int8"]
     confidence = probs.max(axis=1)
     summary = report.compute_metrics(dataset.y_test, y_pred, dataset.classes)
-    collector = report.ExampleCollector()
-    for i in range(len(y_pred)):
-        collector.add(report.Example(f"test[{i}]", int(dataset.y_test[i]), int(y_pred[i]),
-                                     float(confidence[i]), dataset.x_test[i]))
+    misclassified, least_confident = report.choose_examples(dataset.y_test, y_pred, confidence)
+
+    def shown(indices) -> list[report.Example]:
+        return [report.Example(f"test[{i}]", int(dataset.y_test[i]), int(y_pred[i]),
+                               float(confidence[i]), dataset.x_test[i]) for i in indices]
+
     files = report.report_files(
         summary, title=f"{dataset.name} test set, int8 TFLite model",
-        misclassified=collector.misclassified, least_confident=collector.least_confident,
+        misclassified=shown(misclassified), least_confident=shown(least_confident),
         coverage=report.coverage(dataset.y_test, y_pred, confidence),
         extra={"dataset": dataset.name, "source": dataset.source,
                "keras_accuracy": metrics["models"]["keras"]["accuracy"]},

@@ -8,7 +8,7 @@ show), ``page`` (report.html),
 
 from scorer.report.build import report_files
 from scorer.report.coverage import coverage, coverage_curve, coverage_table
-from scorer.report.examples import DEFAULT_K, Example, ExampleCollector
+from scorer.report.examples import DEFAULT_K, Example, ExampleCollector, choose_examples
 from scorer.report.fields import edit_distance, field_metrics
 from scorer.report.metrics import (
     classification_report_text,
@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_K",
     "Example",
     "ExampleCollector",
+    "choose_examples",
     "classification_report_text",
     "compute_metrics",
     "coverage",

@@ -52,6 +52,20 @@ class Example:
         return self.label is not None and self.label != self.prediction
 
 
+def choose_examples(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray,
+                    k: int = DEFAULT_K) -> tuple[np.ndarray, np.ndarray]:
+    """The rule of the report's two grids, over whole arrays of labelled predictions: indices
+    of the k most confident errors (most confident first) and of the k least confident
+    predictions (least first), ties to the earlier row. `ExampleCollector` makes the same
+    choice while streaming."""
+    confidence = np.asarray(confidence)
+    index = np.arange(len(confidence))
+    wrong = index[np.asarray(y_true) != np.asarray(y_pred)]
+    misclassified = wrong[np.lexsort((wrong, -confidence[wrong]))][:k]
+    least_confident = np.lexsort((index, confidence))[:k]
+    return misclassified, least_confident
+
+
 class ExampleCollector:
     """Streaming choice of the examples to show, in O(k) memory whatever the number of images.
 
