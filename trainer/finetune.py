@@ -112,7 +112,8 @@ def fine_tune_and_export(settings: FineTuneSettings) -> dict:
     if problems and not settings.accept_worse:
         raise Refused("; ".join(problems))
     metrics = finetune_metrics(dataset, evaluation, tflite, history, results, clock.total)
-    files = train.bundle_files(dataset, model, tflite, evaluation, history, metrics)
+    facts = train.edge_facts(tflite["tflite_int8"])
+    files = train.bundle_files(dataset, model, tflite, evaluation, history, metrics, facts)
     files["report.html"] = insert_sections(files["report.html"].decode(),
                                            comparison_sections(results, NAMES, changed)).encode()
     files["comparison.json"] = (json.dumps(results, indent=2) + "\n").encode()
@@ -122,7 +123,7 @@ def fine_tune_and_export(settings: FineTuneSettings) -> dict:
     metrics["stage_seconds"] = clock.stages
     files["metrics.json"] = (json.dumps(metrics, indent=2) + "\n").encode()
     write_bundle(Path(settings.out), files,
-                 manifest(settings, base, dataset, replay, metrics, lineage),
+                 manifest(settings, base, dataset, replay, metrics, lineage, facts),
                  overwrite=settings.overwrite)
     print_summary(settings, metrics, problems)
     return metrics

@@ -51,7 +51,7 @@ def lineage_of(settings, base: Bundle, user: UserImages, held_idx: np.ndarray,
 
 
 def manifest(settings, base: Bundle, dataset: data.Dataset, replay, metrics: dict,
-             lineage: dict) -> Manifest:
+             lineage: dict, facts: dict) -> Manifest:
     """The fine-tuned bundle's manifest (`settings`: FineTuneSettings, `replay`: Replay)."""
     recipe = {key: base.manifest.training.get(key) for key in ("arch", "hidden", "dropout")}
     return Manifest(
@@ -71,5 +71,6 @@ def manifest(settings, base: Bundle, dataset: data.Dataset, replay, metrics: dic
                  "user_holdout_int8_accuracy":
                      metrics["user_holdout"]["new"]["tflite_int8"]["accuracy"]},
         lineage=lineage,
+        edge=facts,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

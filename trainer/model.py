@@ -2,7 +2,7 @@
 
 Both take raw 0-255 pixels of shape (height, width): the scaling is a layer of the model, so the
 exported TFLite files need no preprocessing outside them. Both use only layers that convert to
-TensorFlow Lite Micro builtins (CONV_2D, MAX_POOL_2D, RESHAPE, FULLY_CONNECTED, SOFTMAX).
+TensorFlow Lite Micro builtins; the int8 models' ops are listed in the bundle (trainer/edge.py).
 Their default sizes live in `trainer.recipes`, not here.
 """
 

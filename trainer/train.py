@@ -26,7 +26,7 @@ import tensorflow as tf
 from scorer import report
 from scorer.bundle import Manifest, write_bundle
 from scorer.images import DIGITS_8X8_GEOMETRY, MNIST_GEOMETRY
-from trainer import augment, data, epochs, export, plots
+from trainer import augment, data, edge, epochs, export, plots
 from trainer.model import build_model
 from trainer.recipes import ARCH_DEFAULTS, TUNABLES
 
@@ -196,20 +196,28 @@ def metrics_json(dataset: data.Dataset, evaluation: Evaluation, tflite: dict[str
 def export_bundle(settings: Settings, dataset: data.Dataset, model: keras.Model,
                  tflite: dict[str, bytes], evaluation: Evaluation, history: dict,
                  metrics: dict) -> None:
-    files = bundle_files(dataset, model, tflite, evaluation, history, metrics)
-    write_bundle(Path(settings.out), files, manifest(settings, dataset, metrics),
+    facts = edge_facts(tflite["tflite_int8"])
+    files = bundle_files(dataset, model, tflite, evaluation, history, metrics, facts)
+    write_bundle(Path(settings.out), files, manifest(settings, dataset, metrics, facts),
                  overwrite=settings.overwrite)
     print(f"bundle written to {settings.out}/ ({len(files) + 1} files)")
 
 
+def edge_facts(int8_model: bytes) -> dict:
+    """The tensor arena and the ops TensorFlow Lite Micro needs for the int8 model, measured
+    with its interpreter (docs/bundle.md); empty where tflite-micro has no wheel."""
+    return edge.edge_facts(int8_model) if edge.tflm_available() else {}
+
+
 def bundle_files(dataset: data.Dataset, model: keras.Model, tflite: dict[str, bytes],
-                 evaluation: Evaluation, history: dict, metrics: dict) -> dict[str, bytes]:
+                 evaluation: Evaluation, history: dict, metrics: dict,
+                 facts: dict) -> dict[str, bytes]:
     """Every file of the bundle but the manifest: models, C header, metrics, reports."""
     return {
         "model.tflite": tflite["tflite_int8"],
         "model_float32.tflite": tflite["tflite_float32"],
         "model.keras": keras_bytes(model),
-        "model_data.h": export.c_array(tflite["tflite_int8"]).encode(),
+        "model_data.h": edge.model_header(tflite["tflite_int8"], facts or None).encode(),
         "metrics.json": (json.dumps(metrics, indent=2) + "\n").encode(),
         "training_history.json": (json.dumps(history, indent=2) + "\n").encode(),
         **training_report_files(dataset, evaluation, history, metrics),
@@ -252,7 +260,7 @@ def keras_bytes(model: keras.Model) -> bytes:
         return path.read_bytes()
 
 
-def manifest(settings: Settings, dataset: data.Dataset, metrics: dict) -> Manifest:
+def manifest(settings: Settings, dataset: data.Dataset, metrics: dict, facts: dict) -> Manifest:
     """The bundle's manifest; the writer adds every file's hash."""
     return Manifest(
         classes=tuple(dataset.classes),
@@ -267,6 +275,7 @@ def manifest(settings: Settings, dataset: data.Dataset, metrics: dict) -> Manife
         versions=versions(),
         metrics={"int8_accuracy": metrics["models"]["tflite_int8"]["accuracy"],
                  "keras_accuracy": metrics["models"]["keras"]["accuracy"]},
+        edge=facts,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
 

@@ -34,7 +34,8 @@ class Manifest:
     "float32", "keras") to its file; ``files`` maps every file but the manifest to its hash.
     ``dataset``, ``training``, ``versions``, ``metrics`` and ``lineage`` are informative JSON
     objects; ``lineage`` (empty for a bundle trained from scratch) says what a fine-tuned
-    bundle came from: its base bundle, the user's images and the settings (docs/bundle.md).
+    bundle came from: its base bundle, the user's images and the settings (docs/bundle.md);
+    ``edge`` what TensorFlow Lite Micro needs for the int8 model (arena size, ops).
     """
 
     classes: tuple[str, ...]
@@ -47,6 +48,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     lineage: dict = field(default_factory=dict)
+    edge: dict = field(default_factory=dict)
     created: str = ""
 
     def with_files(self, files: dict[str, bytes]) -> Manifest:
@@ -69,6 +71,7 @@ class Manifest:
             "versions": self.versions,
             "metrics": self.metrics,
             **({"lineage": self.lineage} if self.lineage else {}),
+            **({"edge": self.edge} if self.edge else {}),
             "files": {name: {"sha256": e.sha256, "bytes": e.bytes} if e.bytes is not None
                       else {"sha256": e.sha256} for name, e in self.files.items()},
         }
@@ -93,6 +96,7 @@ class Manifest:
             versions=_object(doc, "versions", where),
             metrics=_object(doc, "metrics", where),
             lineage=_object(doc, "lineage", where),
+            edge=_object(doc, "edge", where),
             created=str(doc.get("created", "")),
         )
 
