@@ -250,10 +250,10 @@ def edge_facts(model: bytes) -> dict:
 
 
 def model_header(model: bytes, facts: dict | None, name: str = "model_tflite") -> str:
-    """`model_data.h`: the model as a C array, laid out exactly as `trainer.export.c_array`
-    writes it (valid C11 and C++11, 16-byte aligned, defined where `MODEL_DATA_DEFINE` is),
-    plus the arena size and op count as constants and a macro that registers the ops (none of
-    these when `facts` is None: then the text is `c_array`'s).
+    """`model_data.h`: the model as a C array in the layout of `xxd -i` (valid C11 and C++11,
+    16-byte aligned, defined where `MODEL_DATA_DEFINE` is), plus the arena size and op count
+    as constants and a macro that registers the ops (none of these when `facts` is None:
+    `trainer.export.c_array`).
 
     The constants are enumerators, not `constexpr` (C11 has none, and a `static const int` is
     not a constant expression in C) nor `#define`s (an enumerator is checked by the compiler and
