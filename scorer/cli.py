@@ -216,8 +216,7 @@ def number_mode(read_mode: str, length_text: str | None, probabilities: bool,
                 classes: list[str]):
     """--read/--length -> the pipeline's NumberMode, or None in digit mode (exit 2 if they do
     not fit together)."""
-    from scorer.numbers import parse_length
-    from scorer.workers import NumberMode
+    from scorer.numbers import NumberMode, parse_length
 
     if read_mode == "digit":
         if length_text is not None:

@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 
 from scorer import report
 from scorer.bundle import Bundle
+from scorer.numbers import NumberMode
 from scorer.outputs import PredictionsCsv, write_report
 from scorer.pipeline import STATUS_BLANK, STATUS_ERROR, STATUS_REVIEW, Row, score
 from scorer.sources import Input
-from scorer.workers import NumberMode
 
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -4,13 +4,12 @@ One pipeline serves the CLI and the Lambda handler. It streams: at most WINDOWS_
 of inputs are in memory at once, however many images there are. A window ends at
 `batch_size * workers` inputs or at WINDOW_BYTES, whichever comes first, where an input costs
 its bytes plus what decoding it will allocate (from its header), so a few small files that
-decode to huge images, or huge zip members, cannot pile up; each worker task is bounded the same
-way (``scorer.workers.CHUNK_BYTES``).
+decode to huge images, or huge zip members, cannot pile up. Windows are cut into chunks, one for
+a process at a time, by what their inputs cost (``scorer.costs``).
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
@@ -18,17 +17,11 @@ from typing import NamedTuple
 import numpy as np
 
 from scorer.bundle import Bundle
+from scorer.costs import input_cost, size_on_disk
 from scorer.images import BLANK_REASON
-from scorer.numbers import Reading
+from scorer.numbers import NumberMode, Reading
 from scorer.sources import Input
-from scorer.workers import (
-    Classified,
-    NumberMode,
-    ScoringPool,
-    default_workers,
-    input_cost,
-    usable_workers,
-)
+from scorer.workers import Classified, ScoringPool, default_workers, usable_workers
 
 WINDOWS_IN_FLIGHT = 3  # windows of inputs in memory at once: with the budgets, the memory bound
 FIELDS_PER_CHUNK = 16  # a field costs as much as ~50 digits: smaller chunks keep cores busy
@@ -92,13 +85,6 @@ def worth_a_pool(window: list[Input], costs: list[int], numbers: NumberMode | No
         if spent >= POOL_WORTHY_BYTES:
             return True
     return False
-
-
-def size_on_disk(item: Input) -> int:
-    try:
-        return os.stat(item.path).st_size if item.path and item.error is None else 0
-    except OSError:  # gone or unreadable: its row says so when it is read
-        return 0
 
 
 def score(inputs: Iterable[Input], bundle: Bundle, *, workers: int | None = None,

@@ -16,10 +16,9 @@ from scorer import sources
 from scorer.bundle import Bundle
 from scorer.images import IMAGE_EXTENSIONS
 from scorer.job import Tally, run_job
-from scorer.numbers import parse_length
+from scorer.numbers import NumberMode, parse_length
 from scorer.s3client import parse_s3_url
 from scorer.sources import SourceStats
-from scorer.workers import NumberMode
 
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "model"  # beside scorer/ in the zip
 SCORABLE = IMAGE_EXTENSIONS | {sources.ZIP_EXTENSION}

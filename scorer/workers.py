@@ -1,33 +1,25 @@
-"""Worker processes: read, normalise and classify chunks of inputs, within byte budgets, and
+"""Worker processes: read, normalize and classify chunks of inputs, within byte budgets, and
 survive a worker that dies.
 
 `--workers N` means N processes score: this one and N - 1 pool workers, each with its own TFLite
 interpreter. Chunks go to the pool; when this process would wait for a result, it takes the
 next chunk no worker has started and scores it itself, so no core idles and none is shared by
-two busy processes. A chunk is bounded by CHUNK_BYTES (input bytes plus what decoding will
-allocate, read from the header), and a large image is always decoded in a worker, one at a time
-across all workers, so memory stays bounded however many workers there are, and an image that
-kills its process kills a worker, never the job.
+two busy processes. Chunks (chunks) are cut by what their inputs cost (``scorer.costs``), not
+by how many they are, so a few hundred photos are shared as evenly as 30,000 small PNGs.
+A chunk is read in groups of at most GROUP_BYTES, and a large image is always decoded in a
+worker, one at a time across all workers, so memory stays bounded however many workers there
+are, and an image that kills its process kills a worker, never the job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import multiprocessing
 import os
 import signal
 import sys
-import warnings
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    CancelledError,
-    Future,
-    ProcessPoolExecutor,
-    wait,
-)
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import NamedTuple
@@ -35,24 +27,29 @@ from typing import NamedTuple
 import numpy as np
 
 from scorer.bundle import Bundle, Classifier
+from scorer.costs import GROUP_BYTES, LARGE_DECODE_BYTES, cut_by_cost
 from scorer.images import (
     Geometry,
-    ImageError,
+    Prepared,
     estimated_decoded_bytes,
-    normalize,
-    normalize_many,
+    no_images,
+    prepare,
+    prepare_many,
 )
 from scorer.images.budget import seconds_per_image, set_seconds_per_image
 from scorer.images.normalization import WORK_SIDE
-from scorer.numbers import FieldCut, Length, Reading, cut_field, read_cut
+from scorer.numbers import (
+    FieldCut,
+    NumberMode,
+    PreparedField,
+    Reading,
+    prepare_field,
+    read_cut,
+)
 from scorer.numbers.field import DECODE_SIDE
+from scorer.process_pool import a_worker_died, kill_pool, start_pool
 from scorer.sources import Input, load
 
-CHUNK_BYTES = 16 * 2**20  # most input bytes + decoded bytes per worker task and group
-# An image whose pixels take more than this (a photo decodes to ~3 MB, a scan to kB) is
-# normalised alone, and in a pool only one at a time across all workers: its float steps take
-# several times its size, so the total stays bounded however many workers there are.
-LARGE_DECODE_BYTES = 8 * 2**20
 WORKER_DIED = "worker died while decoding (killed twice, e.g. out of memory)"
 
 
@@ -80,55 +77,6 @@ def usable_workers(requested: int) -> int:
     return max(1, min(requested, CORE_SHARE * default_workers(), by_files))
 
 
-Prepared = tuple[np.ndarray | None, str]  # a model input, or None and a one-line reason
-PreparedField = tuple[FieldCut | None, str]  # a field's candidates, or None and a reason
-
-
-class NumberMode(NamedTuple):
-    """Each image is one field holding one number (`--read number`), of `length` digits."""
-
-    length: Length | None = None
-
-    def describe(self) -> dict:
-        """What a job reads, as reports and scale-out parts record it."""
-        return {"read": "number", "length": None if self.length is None else str(self.length)}
-
-
-def prepare(data: bytes, geometry: Geometry) -> Prepared:
-    """Bytes -> (model input, "") or (None, one-line reason). Never raises for bad images."""
-    return _never_raising(normalize, data, geometry)
-
-
-def prepare_field(data: bytes, geometry: Geometry) -> PreparedField:
-    """Bytes of a field -> (its candidate digits, "") or (None, one-line reason)."""
-    return _never_raising(cut_field, data, geometry)
-
-
-def _never_raising(step: Callable, data: bytes, geometry: Geometry):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. Pillow's "Corrupt EXIF data"
-            return step(data, geometry), ""
-    except ImageError as err:
-        return None, str(err)
-    except Exception as err:  # noqa: BLE001 (a hostile or odd file must not end the job)
-        return None, f"cannot decode image: {type(err).__name__}: {' '.join(str(err).split())}"
-
-
-def decode_side(numbers: NumberMode | None) -> int:
-    """The largest side images are decoded at: a field is read at up to 2,400 px wide."""
-    return WORK_SIDE if numbers is None else DECODE_SIDE
-
-
-def input_cost(item: Input, numbers: NumberMode | None = None) -> int:
-    """Bytes an input takes in flight: its data plus what decoding it will allocate. A local
-    file not read yet is a name until the process that scores it reads it, within its own
-    budget (classify_chunk): it costs nothing here, and needs no stat per file."""
-    if item.data is None:
-        return 0
-    return len(item.data) + estimated_decoded_bytes(item.data, decode_side(numbers))
-
-
 class Classified(NamedTuple):
     """What a chunk of inputs became, in compact arrays: cheap to send back from a worker
     (one pickle of two arrays instead of two small arrays per image).
@@ -149,31 +97,33 @@ class Classified(NamedTuple):
         return Classified(reasons, no_images(geometry), np.zeros((0, n_classes), np.float32))
 
     @staticmethod
-    def join(parts: list[Classified]) -> Classified:
-        if len(parts) == 1:
-            return parts[0]
-        readings = None if parts[0].readings is None else \
-            [reading for part in parts for reading in part.readings]
-        return Classified([r for part in parts for r in part.reasons],
-                          np.concatenate([part.images for part in parts]),
-                          np.concatenate([part.probabilities for part in parts]), readings)
+    def join(chunks: list[Classified]) -> Classified:
+        if len(chunks) == 1:
+            return chunks[0]
+        readings = None if chunks[0].readings is None else \
+            [reading for chunk in chunks for reading in chunk.readings]
+        return Classified([r for chunk in chunks for r in chunk.reasons],
+                          np.concatenate([chunk.images for chunk in chunks]),
+                          np.concatenate([chunk.probabilities for chunk in chunks]), readings)
 
 
 def score_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
-                numbers: NumberMode | None, large: Callable | None = None) -> Classified:
-    """classify_chunk for digits, read_chunk for number fields (`large`: see there)."""
+                numbers: NumberMode | None, large: Callable | None = None,
+                stop_at_large: bool = False) -> Classified:
+    """classify_chunk for digits, read_chunk for number fields (`large`, `stop_at_large`: see
+    there)."""
     if numbers is None:
-        return classify_chunk(items, geometry, classifier, large)
-    return read_chunk(items, geometry, classifier, numbers, large)
+        return classify_chunk(items, geometry, classifier, large, stop_at_large)
+    return read_chunk(items, geometry, classifier, numbers, large, stop_at_large)
 
 
 def read_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
-               numbers: NumberMode, cut_large: Callable[[bytes], PreparedField] | None = None
-               ) -> Classified:
+               numbers: NumberMode, cut_large: Callable[[bytes], PreparedField] | None = None,
+               stop_at_large: bool = False) -> Classified:
     """Read a chunk of number fields: cut each into candidate digits, classify every
     candidate of the chunk in one model invocation, then choose each field's reading. Fields
     are cut one at a time, so a chunk holds one decoded image at a time; a large one is cut by
-    `cut_large` (see classify_chunk)."""
+    `cut_large` (see classify_chunk, also for `stop_at_large`)."""
     cuts: list[FieldCut] = []
     reasons: list[str] = []
     for item in items:
@@ -182,6 +132,8 @@ def read_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
             reasons.append(item.error or "cannot read")
             continue
         large = estimated_decoded_bytes(item.data, DECODE_SIDE) > LARGE_DECODE_BYTES
+        if large and stop_at_large:
+            break
         cut, reason = cut_large(item.data) if large and cut_large else \
             prepare_field(item.data, geometry)
         reasons.append(reason)
@@ -199,13 +151,16 @@ def read_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
 
 
 def classify_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
-                   normalise_large: Callable[[bytes], Prepared] | None = None) -> Classified:
-    """Read deferred local files, normalise and classify a chunk of inputs. Files are read and
-    normalised in groups of at most CHUNK_BYTES (bytes plus decoded bytes), so a chunk never
-    holds all its images at once; a large image is normalised alone, by `normalise_large`
-    (in a worker: one at a time across workers; in the main process: sent to a worker)."""
+                   prepare_large: Callable[[bytes], Prepared] | None = None,
+                   stop_at_large: bool = False) -> Classified:
+    """Read deferred local files, normalize and classify a chunk of inputs. Files are read and
+    normalized in groups of at most GROUP_BYTES (bytes plus decoded bytes), so a chunk never
+    holds all its images at once; a large image is normalized alone, by `prepare_large`
+    (in a worker: one at a time across workers; in the main process: sent to a worker).
+    With `stop_at_large`, the chunk ends before its first large image: the result covers
+    only the inputs before it (`len(result.reasons)` of them)."""
     results: list[Prepared] = [(None, "")] * len(items)
-    group: list[tuple[int, bytes]] = []
+    group: dict[int, bytes] = {}  # index in items -> bytes, normalized together
     group_bytes = 0
     for i, item in enumerate(items):
         item = load(item)
@@ -213,46 +168,28 @@ def classify_chunk(items: list[Input], geometry: Geometry, classifier: Classifie
             results[i] = (None, item.error or "cannot read")
             continue
         decoded = estimated_decoded_bytes(item.data, WORK_SIDE)
+        if decoded > LARGE_DECODE_BYTES and stop_at_large:
+            del results[i:]
+            break
         if decoded > LARGE_DECODE_BYTES:
-            results[i] = normalise_large(item.data) if normalise_large else \
-                normalise_one(item.data, geometry)
+            results[i] = prepare_large(item.data) if prepare_large else \
+                prepare(item.data, geometry)
             continue
-        group.append((i, item.data))
+        group[i] = item.data
         group_bytes += len(item.data) + decoded
-        if group_bytes >= CHUNK_BYTES:
-            _normalise_group(group, geometry, results)
-            group, group_bytes = [], 0
-    _normalise_group(group, geometry, results)
+        if group_bytes >= GROUP_BYTES:
+            _prepare_group(group, geometry, results)
+            group, group_bytes = {}, 0
+    _prepare_group(group, geometry, results)
     good = [image for image, _ in results if image is not None]
     images = np.stack(good) if good else no_images(geometry)
     return Classified([reason for _, reason in results], images, classifier.predict(images))
 
 
-def no_images(geometry: Geometry) -> np.ndarray:
-    """An empty stack of model inputs: uint8 (0, height, width)."""
-    return np.zeros((0, geometry.height, geometry.width), np.uint8)
-
-
-def normalise_one(data: bytes, geometry: Geometry) -> Prepared:
-    results: list[Prepared] = [(None, "")]
-    _normalise_group([(0, data)], geometry, results)
-    return results[0]
-
-
-def _normalise_group(group: list[tuple[int, bytes]], geometry: Geometry,
-                     results: list[Prepared]) -> None:
-    """Normalise (index, bytes) pairs into results[index] as (image or None, reason)."""
-    if not group:
-        return
-    blobs = [data for _, data in group]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. Pillow's "Corrupt EXIF data": the row says enough
-        try:  # small images of one size are normalised together: several times faster
-            normalised = normalize_many(blobs, geometry)
-        except Exception:  # noqa: BLE001 (find the culprit one by one; it becomes its row)
-            normalised = [prepare(blob, geometry) for blob in blobs]
-    for (i, _), (image, reason) in zip(group, normalised, strict=True):
-        results[i] = (image, reason)
+def _prepare_group(group: dict[int, bytes], geometry: Geometry, results: list[Prepared]) -> None:
+    """Normalize a group's images together into their places in `results`."""
+    for i, prepared in zip(group, prepare_many(list(group.values()), geometry), strict=True):
+        results[i] = prepared
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
@@ -275,8 +212,8 @@ def die_with_parent() -> None:
 _worker: dict = {}  # per worker process: its geometry, its own TFLite interpreter, the gate
 
 
-def _init_worker(model_content: bytes, geometry: Geometry, large_decode_gate,
-                 numbers: NumberMode | None, seconds: float) -> None:
+def _init_worker(model_content: bytes, geometry: Geometry, numbers: NumberMode | None,
+                 seconds: float, large_decode_gate) -> None:
     # Forked from the CLI, a worker inherits its SIGTERM handler; the pool's owner decides.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
@@ -289,39 +226,45 @@ def _init_worker(model_content: bytes, geometry: Geometry, large_decode_gate,
 
 def _classify_in_worker(items: list[Input]) -> Classified:
     return score_chunk(items, _worker["geometry"], _worker["classifier"], _worker["numbers"],
-                       _normalise_large_in_worker)
+                       _prepare_large_in_worker)
 
 
-def _normalise_large_in_worker(data: bytes) -> Prepared | PreparedField:
+def _prepare_large_in_worker(data: bytes) -> Prepared | PreparedField:
     with _worker["gate"]:  # one large image at a time across all workers
-        return prepare_large(data, _worker["geometry"], _worker["numbers"])
+        return prepare_alone(data, _worker["geometry"], _worker["numbers"])
 
 
-def prepare_large(data: bytes, geometry: Geometry, numbers: NumberMode | None
+def prepare_alone(data: bytes, geometry: Geometry, numbers: NumberMode | None
                   ) -> Prepared | PreparedField:
-    """A large image, alone: normalised (digits) or cut into candidates (number fields)."""
-    return normalise_one(data, geometry) if numbers is None else prepare_field(data, geometry)
+    """A large image, alone: normalized (digits) or cut into candidates (number fields)."""
+    return (prepare if numbers is None else prepare_field)(data, geometry)
 
 
-class Part:
-    """A chunk of a window, scored here or in the pool (`future`, once given to a worker)."""
+class Chunk:
+    """A chunk of a window, scored here or in the pool (`future`, once given to a worker).
+    `head` is what this process scored of it before handing the rest, from a large image on,
+    to a worker: then `items` is that rest."""
 
-    __slots__ = ("chunk", "future", "generation", "result")
+    __slots__ = ("future", "generation", "head", "items", "result")
 
-    def __init__(self, chunk: list[Input], result: Classified | None = None):
-        self.chunk = chunk
+    def __init__(self, items: list[Input], result: Classified | None = None):
+        self.items = items
         self.future: Future | None = None
         self.generation = 0  # the pool it was given to; a new one after each crash
+        self.head: Classified | None = None
         self.result = result
+
+    def finish(self, rest: Classified) -> None:
+        self.result = rest if self.head is None else Classified.join([self.head, rest])
 
 
 class ScoringPool:
-    """Reads, normalises and classifies windows of inputs in chunks. With more than one worker
+    """Reads, normalizes and classifies windows of inputs in chunks. With more than one worker
     and work worth starting processes for (see `submit`'s caller), the chunks of a window are
     queued here and fed to a pool of `workers - 1` processes, a few per
     worker at a time; whenever this process would wait for a result, it scores the next queued
-    part itself instead (`collect`). Each process runs its own interpreter; results are the
-    same wherever a part is scored.
+    chunk itself instead (`collect`). Each process runs its own interpreter; results are the
+    same wherever a chunk is scored.
 
     A worker that dies (the OOM killer, a crash in a decoder) breaks the whole pool and every
     task in flight: the pool is restarted and the lost chunks run again, one input per task, so
@@ -330,8 +273,8 @@ class ScoringPool:
 
     CHUNK = 64  # most inputs per task (and model invocation): amortises the inter-process
     # overhead while keeping every core busy
-    PARTS_PER_WORKER = 3  # given to the pool at a time: one running, two ready, so a worker
-    # never waits while this process scores a part or writes rows
+    CHUNKS_PER_WORKER = 3  # given to the pool at a time: one running, two ready, so a worker
+    # never waits while this process scores a chunk or writes rows
     POLL_SECONDS = 0.5  # how often a wait checks that the workers are alive
     REAP_SECONDS = 5.0  # most time to wait for a killed worker to end
 
@@ -343,87 +286,113 @@ class ScoringPool:
         self.model_content = bundle.model_bytes()
         self.classifier: Classifier | None = None  # this process's, made when first needed
         self.workers = max(1, workers)
-        self.chunk = max(1, min(self.CHUNK, batch_size))
+        self.most_per_chunk = max(1, min(self.CHUNK, batch_size))
         self.executor: ProcessPoolExecutor | None = None
-        self.generation = 0  # which pool a part was given to; a new one after each crash
-        self.queued: deque[Part] = deque()  # parts of windows in flight no process has taken
-        self.given: list[Part] = []  # parts given to the pool and not finished
-        # Where the work went, for tests and profiling: parts scored by this process and by the
+        self.generation = 0  # which pool a chunk was given to; a new one after each crash
+        self.queued: deque[Chunk] = deque()  # chunks of windows in flight no process has taken
+        self.given: list[Chunk] = []  # chunks given to the pool and not finished
+        # Where the work went, for tests and profiling: chunks scored by this process and by the
         # pool, and large images this process met and sent to a worker.
-        self.parts_here = self.parts_in_pool = self.large_images_sent = 0
+        self.chunks_here = self.chunks_in_pool = self.large_images_sent = 0
 
-    def submit(self, window: list[Input], costs: list[int], use_pool: bool) -> list[Part]:
-        """Queue a window's parts (or, without a pool, score them now); `collect` the returned
-        parts for the results in order."""
+    def submit(self, window: list[Input], costs: list[int], use_pool: bool) -> list[Chunk]:
+        """Queue a window's chunks (or, without a pool, score them now); `collect` the returned
+        chunks for the results in order."""
         payload = [(item, cost) for item, cost in zip(window, costs, strict=True)
                    if item.error is None]
         if use_pool and self.workers > 1 and self._start_pool():
-            size = max(1, min(self.chunk, -(-len(payload) // self.workers)))
-            parts = [Part(chunk) for chunk in split_by_budget(payload, size, CHUNK_BYTES)]
-            self.queued.extend(parts)
+            size = max(1, min(self.most_per_chunk, -(-len(payload) // self.workers)))
+            chunks = [Chunk(items) for items in cut_by_cost(payload, size)]
+            self.queued.extend(chunks)
             self._feed_pool()
-            return parts
+            return chunks
         items = [item for item, _ in payload]
-        self.parts_here += 1
+        self.chunks_here += 1
         # Large images go to a worker whatever the window: they are what may exhaust memory.
-        large = self._normalise_large_in_pool if self.workers > 1 else None
-        return [Part(items, score_chunk(items, self.geometry, self._classifier(),
+        large = self._prepare_large_in_pool if self.workers > 1 else None
+        return [Chunk(items, score_chunk(items, self.geometry, self._classifier(),
                                         self.numbers, large))]
 
-    def collect(self, parts: list[Part]) -> Classified:
-        """The parts' results in order. Instead of waiting for the pool, score the oldest
-        queued part here (the awaited one, if no worker has it)."""
-        for part in parts:
-            while part.result is None:
+    def collect(self, chunks: list[Chunk]) -> Classified:
+        """The chunks' results in order. Instead of waiting for the pool, score the oldest
+        queued chunk here (the awaited one, if no worker has it)."""
+        for chunk in chunks:
+            while chunk.result is None:
                 self._feed_pool()
-                if part.future is not None and (part.future.done()
-                                                or part.generation != self.generation):
-                    part.result = self._result_of(part)  # finished, or lost with its pool
+                if chunk.future is not None and (chunk.future.done()
+                                                or chunk.generation != self.generation):
+                    chunk.finish(self._result_of(chunk))  # finished, or lost with its pool
                 elif self.queued:
                     self._score_here(self.queued.popleft())
+                elif (taken_back := self._take_back()) is not None:
+                    self._score_here(taken_back)
                 elif not self._wait_for_any_given():  # a worker died: its pool is broken
-                    part.result = self._result_of(part)
-        results = [part.result for part in parts]
+                    chunk.finish(self._result_of(chunk))
+        results = [chunk.result for chunk in chunks]
         return Classified.join(results) if results else self._nothing([])
 
     def _feed_pool(self) -> None:
-        """Keep PARTS_PER_WORKER parts per worker in the pool, oldest first."""
-        self.given = [part for part in self.given if not part.future.done()]
-        while self.queued and len(self.given) < self.PARTS_PER_WORKER * (self.workers - 1):
+        """Keep CHUNKS_PER_WORKER chunks per worker in the pool, oldest first."""
+        self.given = [chunk for chunk in self.given if not chunk.future.done()]
+        while self.queued and len(self.given) < self.CHUNKS_PER_WORKER * (self.workers - 1):
             if not self._start_pool():
                 return
-            part = self.queued.popleft()
-            part.future, part.generation = self._submit(_classify_in_worker, part.chunk), \
-                self.generation
-            self.given.append(part)
+            self._give(self.queued.popleft())
+
+    def _give(self, chunk: Chunk) -> None:
+        chunk.future, chunk.generation = self._submit(_classify_in_worker, chunk.items), \
+            self.generation
+        self.given.append(chunk)
+
+    def _take_back(self) -> Chunk | None:
+        """A chunk given to the pool that no worker has started (the newest), taken back: at the
+        end of a job this process scores it instead of waiting for the pool to. Not a chunk
+        handed over for its large image (`head`): that one is for a worker."""
+        for chunk in reversed(self.given):
+            if chunk.head is None and chunk.future.cancel():
+                self.given.remove(chunk)
+                chunk.future = None
+                return chunk
+        return None
 
     def _nothing(self, reasons: list[str]) -> Classified:
         """The result of inputs that were all refused, for these reasons."""
         empty = Classified.of(reasons, self.geometry, self.n_classes)
         return empty if self.numbers is None else empty._replace(readings=[])
 
-    def _score_here(self, part: Part) -> None:
-        part.result = score_chunk(part.chunk, self.geometry, self._classifier(), self.numbers,
-                                  self._normalise_large_in_pool)
-        self.parts_here += 1
+    def _score_here(self, chunk: Chunk) -> None:
+        """Score a queued chunk here, up to its first large image: that image and the rest of
+        the chunk go to a worker (decoding it is what may exhaust memory), and this process
+        goes on with other chunks instead of waiting for it."""
+        pool = self._start_pool()
+        result = score_chunk(chunk.items, self.geometry, self._classifier(), self.numbers,
+                             stop_at_large=pool)
+        self.chunks_here += 1
+        done = len(result.reasons)
+        if done == len(chunk.items):
+            chunk.finish(result)
+            return
+        self.large_images_sent += 1
+        chunk.head, chunk.items = result, chunk.items[done:]
+        self._give(chunk)
 
     def _wait_for_any_given(self) -> bool:
-        """Block until a part given to the pool finishes: True, or False if a worker died."""
-        futures = [part.future for part in self.given]
+        """Block until a chunk given to the pool finishes: True, or False if a worker died."""
+        futures = [chunk.future for chunk in self.given]
         while futures and not wait(futures, self.POLL_SECONDS, FIRST_COMPLETED)[0]:
             if self._a_worker_died():
                 return False
         return True
 
-    def _result_of(self, part: Part) -> Classified:
+    def _result_of(self, chunk: Chunk) -> Classified:
         try:
-            result = self._wait(part.future, part.generation)
-            self.parts_in_pool += 1
+            result = self._wait(chunk.future, chunk.generation)
+            self.chunks_in_pool += 1
             return result
         except (BrokenProcessPool, CancelledError):
-            if part.generation == self.generation:
+            if chunk.generation == self.generation:
                 self._discard_pool()
-            return Classified.join([self._run_alone(item) for item in part.chunk])
+            return Classified.join([self._run_alone(item) for item in chunk.items])
 
     def _wait(self, future: Future, generation: int):
         """The task's result; BrokenProcessPool if its pool lost a worker. Checked by polling too:
@@ -443,14 +412,14 @@ class ScoringPool:
         result = self._in_own_task(_classify_in_worker, [item])
         return self._nothing([WORKER_DIED]) if result is None else result
 
-    def _normalise_large_in_pool(self, data: bytes) -> Prepared | PreparedField:
-        """A large image met in a part scored here goes to a worker: decoding it is what may
+    def _prepare_large_in_pool(self, data: bytes) -> Prepared | PreparedField:
+        """A large image met in a chunk scored here goes to a worker: decoding it is what may
         exhaust memory, and a worker that dies is replaced. Killed twice, it is an error."""
         self.large_images_sent += 1
         for _ in range(2):
             if not self._start_pool():
-                return prepare_large(data, self.geometry, self.numbers)
-            result = self._in_own_task(_normalise_large_in_worker, data)
+                return prepare_alone(data, self.geometry, self.numbers)
+            result = self._in_own_task(_prepare_large_in_worker, data)
             if result is not None:
                 return result
         return None, WORKER_DIED
@@ -479,41 +448,23 @@ class ScoringPool:
             return self.executor.submit(task, argument)
 
     def _a_worker_died(self) -> bool:
-        processes = getattr(self.executor, "_processes", None) or {}
-        return any(process.exitcode is not None for process in list(processes.values()))
+        return a_worker_died(self.executor)
 
-    def _discard_pool(self) -> None:
-        """Stop a broken pool without waiting for it: kill its other workers and close this
-        process's end of its result pipe, so that its reader thread sees the end and exits."""
+    def _discard_pool(self) -> Callable[[float], None]:
+        """Stop a broken pool without waiting for it; returns its `reap` (see kill_pool)."""
         executor, self.executor = self.executor, None
         self.generation += 1
         self.given = []  # lost with the pool: collect runs their inputs again
-        if executor is None:
-            return
-        for process in list((getattr(executor, "_processes", None) or {}).values()):
-            with contextlib.suppress(OSError):
-                process.kill()
-        result_queue = getattr(executor, "_result_queue", None)
-        if result_queue is not None:
-            with contextlib.suppress(OSError):
-                result_queue._writer.close()
-        # Not cancel_futures: the pool's thread fails every unfinished task itself, and
-        # cancelling as well races with it (CPython 3.11 then raises InvalidStateError there).
-        executor.shutdown(wait=False)
+        return kill_pool(executor) if executor is not None else lambda seconds: None
 
     def _start_pool(self) -> bool:
         if self.executor is None:
-            try:  # fork: workers start in milliseconds and inherit the imported modules
-                methods = multiprocessing.get_all_start_methods()
-                context = multiprocessing.get_context("fork" if "fork" in methods else None)
-                # The lock lets one large image be decoded at a time across the workers; a new
-                # pool gets a new one, in case a killed worker held the old.
-                self.executor = ProcessPoolExecutor(self.workers - 1, mp_context=context,
-                                                    initializer=_init_worker,
-                                                    initargs=(self.model_content, self.geometry,
-                                                              context.Lock(), self.numbers,
-                                                              seconds_per_image()))
-            except OSError:  # no /dev/shm (AWS Lambda): work in this process
+            # The lock lets one large image be decoded at a time across the workers; a new
+            # pool gets a new one, in case a killed worker held the old.
+            self.executor = start_pool(self.workers - 1, _init_worker,
+                                       (self.model_content, self.geometry, self.numbers,
+                                        seconds_per_image()))
+            if self.executor is None:  # no /dev/shm (AWS Lambda): work in this process
                 self.workers = 1
                 return False
         return True
@@ -531,24 +482,6 @@ class ScoringPool:
         task. Waiting for a pool whose workers a signal to the process group has already
         killed can block for ever (its manager thread waits on a dead worker's pipe)."""
         self.queued.clear()
-        processes = list((getattr(self.executor, "_processes", None) or {}).values())
-        self._discard_pool()
-        for process in processes:  # reap them: no zombies left behind (killed, they end at
-            process.join(self.REAP_SECONDS)  # once; a loaded machine may take a moment)
-
-
-def split_by_budget(items: list[tuple[Input, int]], most: int, budget: int) -> list[list[Input]]:
-    """(input, cost) pairs -> consecutive chunks of at most `most` inputs and, unless a single
-    input exceeds it alone, at most `budget` cost."""
-    chunks: list[list[Input]] = []
-    chunk: list[Input] = []
-    spent = 0
-    for item, cost in items:
-        if chunk and (len(chunk) >= most or spent + cost > budget):
-            chunks.append(chunk)
-            chunk, spent = [], 0
-        chunk.append(item)
-        spent += cost
-    if chunk:
-        chunks.append(chunk)
-    return chunks
+        reap = self._discard_pool()
+        reap(self.REAP_SECONDS)  # no zombies left behind (killed, they end at once; a loaded
+        # machine may take a moment)

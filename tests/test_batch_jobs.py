@@ -18,9 +18,8 @@ from PIL import Image
 
 from scorer import batch_jobs, outputs, s3_jobs, sources
 from scorer.bundle import load_bundle
-from scorer.numbers import Length
+from scorer.numbers import Length, NumberMode
 from scorer.sources import LabelMatcher
-from scorer.workers import NumberMode
 
 from digit_factory import zip_of
 from moto_server import _reset_scorer_client, moto_endpoint, moto_server  # noqa: F401

@@ -208,9 +208,10 @@ def ring_png() -> bytes:
     return buffer.getvalue()
 
 
-def test_the_main_process_scores_parts_no_worker_has_started(bundle, mnist_test_images):
-    """With two workers, one pool process and this one share the parts: neither idles."""
-    from scorer.workers import ScoringPool, input_cost
+def test_the_main_process_scores_chunks_no_worker_has_started(bundle, mnist_test_images):
+    """With two workers, one pool process and this one share the chunks: neither idles."""
+    from scorer.costs import input_cost
+    from scorer.workers import ScoringPool
 
     x, _ = mnist_test_images
     items = [Input(f"{i}.png", mnist_png(x[i % 100]), None, None) for i in range(2048)]
@@ -222,8 +223,8 @@ def test_the_main_process_scores_parts_no_worker_has_started(bundle, mnist_test_
         shared = [pool.collect(handle) for handle in handles]
     finally:
         pool.close()
-    assert pool.parts_here > 0 and pool.parts_in_pool > 0, (pool.parts_here, pool.parts_in_pool)
-    assert pool.parts_here + pool.parts_in_pool == len(items) // 16
+    assert pool.chunks_here > 0 and pool.chunks_in_pool > 0, (pool.chunks_here, pool.chunks_in_pool)
+    assert pool.chunks_here + pool.chunks_in_pool == len(items) // 16
     alone = ScoringPool(bundle, workers=1, batch_size=256)
     for window, result in zip(windows, shared, strict=True):
         expected = alone.collect(alone.submit(window, [0] * len(window), use_pool=True))
@@ -234,9 +235,10 @@ def test_the_main_process_scores_parts_no_worker_has_started(bundle, mnist_test_
 
 
 def test_a_large_image_met_by_the_main_process_is_decoded_by_a_worker(bundle, mnist_test_images):
-    """Two large images keep the one pool worker busy; the part after them is scored here, and
+    """Two large images keep the one pool worker busy; the chunk after them is scored here, and
     its large image goes to the worker (where running out of memory only costs a worker)."""
-    from scorer.workers import LARGE_DECODE_BYTES, ScoringPool, classify_chunk, input_cost
+    from scorer.costs import LARGE_DECODE_BYTES, input_cost
+    from scorer.workers import ScoringPool, classify_chunk
 
     x, _ = mnist_test_images
     ring = ring_png()
@@ -252,7 +254,7 @@ def test_a_large_image_met_by_the_main_process_is_decoded_by_a_worker(bundle, mn
         pool.collect(first)
     finally:
         pool.close()
-    assert pool.large_images_sent >= 1 and pool.parts_here >= 1
+    assert pool.large_images_sent >= 1 and pool.chunks_here >= 1
     from scorer.bundle import Classifier
 
     expected = classify_chunk(mixed, bundle.geometry, Classifier(bundle.model_bytes()))
@@ -264,7 +266,8 @@ def test_a_large_image_met_by_the_main_process_is_decoded_by_a_worker(bundle, mn
 def test_a_large_image_goes_to_a_worker_even_in_a_job_of_one_window(bundle, mnist_test_images):
     """A job that fits one window is scored here, but its large image is still decoded by a
     worker (docs/security.md: running out of memory on it must cost a worker, not the job)."""
-    from scorer.workers import ScoringPool, input_cost
+    from scorer.costs import input_cost
+    from scorer.workers import ScoringPool
 
     x, _ = mnist_test_images
     window = [Input("a.png", mnist_png(x[0]), None, None), Input("ring.png", ring_png(), None,
@@ -275,7 +278,7 @@ def test_a_large_image_goes_to_a_worker_even_in_a_job_of_one_window(bundle, mnis
                                           use_pool=False))
     finally:
         pool.close()
-    assert (pool.parts_here, pool.parts_in_pool, pool.large_images_sent) == (1, 0, 1)
+    assert (pool.chunks_here, pool.chunks_in_pool, pool.large_images_sent) == (1, 0, 1)
     assert result.reasons == ["", ""]
 
 
@@ -284,8 +287,9 @@ def test_a_job_of_one_window_uses_the_workers_when_its_inputs_are_costly(tmp_pat
     """Whether a job of one window starts workers follows what its inputs cost, not how many
     there are: hundreds of MNIST PNGs stay in this process, a few photos (files on disk, not
     read yet: their size counts) and more number fields than one chunk do not."""
+    from scorer.costs import input_cost
+    from scorer.numbers import NumberMode
     from scorer.pipeline import FIELDS_PER_CHUNK, POOL_WORTHY_BYTES, worth_a_pool
-    from scorer.workers import NumberMode, input_cost
 
     x, _ = mnist_test_images
     digits = [Input(f"{i}.png", mnist_png(x[i]), None, None) for i in range(500)]
@@ -301,21 +305,22 @@ def test_a_job_of_one_window_uses_the_workers_when_its_inputs_are_costly(tmp_pat
     assert not worth_a_pool(fields[:-1], costs[:-1], NumberMode())
 
 
-def test_classify_chunk_hands_only_large_images_to_normalise_large(bundle, mnist_test_images):
+def test_classify_chunk_hands_only_large_images_to_prepare_large(bundle, mnist_test_images):
     from scorer.bundle import Classifier
-    from scorer.workers import classify_chunk, normalise_one
+    from scorer.images import prepare
+    from scorer.workers import classify_chunk
 
     x, _ = mnist_test_images
     ring = ring_png()
     items = [Input("a.png", mnist_png(x[0]), None, None), Input("ring.png", ring, None, None)]
     handed: list[int] = []
 
-    def normalise_large(data: bytes):
+    def prepare_large(data: bytes):
         handed.append(len(data))
-        return normalise_one(data, bundle.geometry)
+        return prepare(data, bundle.geometry)
 
     classifier = Classifier(bundle.model_bytes())
-    hooked = classify_chunk(items, bundle.geometry, classifier, normalise_large)
+    hooked = classify_chunk(items, bundle.geometry, classifier, prepare_large)
     plain = classify_chunk(items, bundle.geometry, classifier)
     assert handed == [len(ring)]
     np.testing.assert_array_equal(hooked.images, plain.images)
@@ -345,3 +350,164 @@ def test_a_stop_request_during_decoding_is_not_taken_for_a_bad_image(bundle, mni
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# --- photos: the work follows what inputs cost, not how many there are -----------------------
+
+
+def photo_jpeg(digit: np.ndarray, rng: np.random.Generator, size=(1600, 1200)) -> bytes:
+    """A phone-like photo: a large dark digit on tinted, unevenly lit, noisy paper (JPEG)."""
+    import io
+
+    from PIL import Image
+
+    from digit_factory import _to_u8, ink_mask
+
+    w, h = size
+    mask = ink_mask(digit, rng, height=h // 3)
+    cover = np.zeros((h, w), np.float32)
+    y, x = int(rng.integers(0, h - mask.shape[0])), int(rng.integers(0, w - mask.shape[1]))
+    cover[y:y + mask.shape[0], x:x + mask.shape[1]] = mask
+    light = np.linspace(0.75, 1.05, w, dtype=np.float32)[None, :, None]
+    paper, ink = np.array([235, 228, 205], np.float32), np.array([30, 30, 80], np.float32)
+    rgb = (paper + (ink - paper) * cover[..., None]) * light
+    rgb += rng.normal(0, 4, rgb.shape).astype(np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(_to_u8(rgb)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def deferred(path) -> Input:
+    """A local file as the CLI lists it: a name, not read yet."""
+    return Input(str(path), None, None, None, str(path))
+
+
+def test_photos_are_cut_into_chunks_by_their_size_on_disk(tmp_path, monkeypatch):
+    """A chunk is what one process takes at a time: photos (priced by their size on disk,
+    since they are not read yet) go a photo or two a chunk, so 70 of them are shared evenly;
+    crops of a few kB go at most 8 a chunk; thumbnails (28x28 PNGs) 64 a chunk, and their sizes
+    are looked up once per run, not per file."""
+    import scorer.costs as costs
+
+    def files(folder, count, size, suffix):
+        folder.mkdir()
+        for i in range(count):
+            (folder / f"{i}{suffix}").write_bytes(b"\xff" * size)
+        return [deferred(folder / f"{i}{suffix}") for i in range(count)]
+
+    photos = files(tmp_path / "photos", 70, costs.CHUNK_COST // 2, ".jpg")
+    chunks = costs.cut_by_cost([(item, 0) for item in photos], 64)
+    assert [len(chunk) for chunk in chunks] == [1] * 70
+    assert [item for chunk in chunks for item in chunk] == photos
+    crops = files(tmp_path / "crops", 100, 5000, ".jpg")
+    chunks = costs.cut_by_cost([(item, 0) for item in crops], 64)
+    assert len(chunks) >= 13 and max(len(chunk) for chunk in chunks) <= 8
+
+    small = tmp_path / "small"
+    small.mkdir()
+    digits = []
+    for i in range(640):
+        (small / f"{i}.png").write_bytes(b"\x89PNG" * 75)
+        digits.append(deferred(small / f"{i}.png"))
+    looked_up = []
+    monkeypatch.setattr(costs, "size_on_disk",
+                        lambda item: looked_up.append(item) or len(b"\x89PNG" * 75))
+    chunks = costs.cut_by_cost([(item, 0) for item in digits], 64)
+    assert [len(chunk) for chunk in chunks] == [64] * 10
+    assert looked_up == digits[::64]
+
+
+def test_a_photo_job_of_one_window_is_shared_by_both_processes(tmp_path, bundle,
+                                                              mnist_test_images):
+    """A few photos (one window) use the pool, are cut into chunks of a photo or two, and
+    both processes score some of them; the rows are those of one process."""
+    from scorer.pipeline import worth_a_pool
+    from scorer.workers import ScoringPool
+
+    x, _ = mnist_test_images
+    rng = np.random.default_rng(3)
+    window = []
+    for i in range(10):
+        path = tmp_path / f"{i}.jpg"
+        path.write_bytes(photo_jpeg(x[i], rng, (2048, 1536)))
+        window.append(deferred(path))
+    costs = [0] * len(window)
+    assert worth_a_pool(window, costs, None)
+    pool = ScoringPool(bundle, workers=2, batch_size=256)
+    try:
+        chunks = pool.submit(window, costs, use_pool=True)
+        shared = pool.collect(chunks)
+    finally:
+        pool.close()
+    assert len(chunks) >= 5 and max(len(chunk.items) for chunk in chunks) <= 2
+    assert pool.chunks_here >= 1 and pool.chunks_in_pool >= 1, (pool.chunks_here,
+                                                              pool.chunks_in_pool)
+    alone = ScoringPool(bundle, workers=1, batch_size=256)
+    expected = alone.collect(alone.submit(window, costs, use_pool=True))
+    assert shared.reasons == expected.reasons == [""] * 10
+    np.testing.assert_array_equal(shared.images, expected.images)
+    np.testing.assert_array_equal(shared.probabilities, expected.probabilities)
+
+
+def test_a_chunk_scored_here_hands_its_large_image_and_the_rest_to_a_worker(bundle,
+                                                                          mnist_test_images):
+    """The main process scores a queued chunk up to its first large image; that image and the
+    rest of the chunk go to a worker, and the chunk's result is whole and in order."""
+    from scorer.bundle import Classifier
+    from scorer.workers import Chunk, ScoringPool, classify_chunk
+
+    x, _ = mnist_test_images
+    items = [Input("a.png", mnist_png(x[0]), None, None), Input("ring.png", ring_png(), None,
+                                                                   None),
+             Input("b.png", mnist_png(x[1]), None, None), Input("c.png", b"junk", None, None)]
+    pool = ScoringPool(bundle, workers=2, batch_size=8)
+    chunk = Chunk(list(items))
+    try:
+        pool._score_here(chunk)
+        assert chunk.result is None and [i.name for i in chunk.items] == ["ring.png", "b.png",
+                                                                        "c.png"]
+        assert (pool.chunks_here, pool.large_images_sent) == (1, 1)
+        result = pool.collect([chunk])
+    finally:
+        pool.close()
+    expected = classify_chunk(items, bundle.geometry, Classifier(bundle.model_bytes()))
+    assert result.reasons == expected.reasons and result.reasons[:3] == ["", "", ""]
+    np.testing.assert_array_equal(result.images, expected.images)
+    np.testing.assert_array_equal(result.probabilities, expected.probabilities)
+
+
+def test_csvs_of_photos_and_scans_are_byte_identical_whatever_the_workers(tmp_path,
+                                                                        mnist_bundle,
+                                                                        mnist_test_images):
+    """Photos, a page scan that decodes to more than LARGE_DECODE_BYTES (a worker's job),
+    MNIST PNGs and a broken file: the same CSV from 1, 2 and 3 processes, in one window or
+    many."""
+    import io
+
+    from PIL import Image
+
+    from test_cli import score_cli
+
+    x, y = mnist_test_images
+    rng = np.random.default_rng(4)
+    for i in range(24):
+        folder = tmp_path / "in" / str(y[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        if i % 3 == 0:
+            (folder / f"{i:02}.png").write_bytes(mnist_png(x[i]))
+        else:
+            (folder / f"{i:02}.jpg").write_bytes(photo_jpeg(x[i], rng, (1600, 1200)))
+    page = Image.new("L", (2480, 3508), 240)  # A4 at 300 dpi: 8.7 MB of pixels
+    page.paste(Image.fromarray(255 - x[30]).resize((280, 280)), (900, 1500))
+    buffer = io.BytesIO()
+    page.save(buffer, "PNG")
+    (tmp_path / "in" / str(y[30]) / "30-scan.png").write_bytes(buffer.getvalue())
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8 not a photo")
+    outputs = []
+    for workers, batch in ((1, 256), (2, 256), (3, 256), (2, 4)):
+        out = tmp_path / f"w{workers}-b{batch}.csv"
+        done = score_cli(tmp_path / "in", "--model", mnist_bundle, "--out", out,
+                         "--probabilities", "--workers", workers, "--batch-size", batch)
+        assert done.returncode == 3, done.stderr  # the broken file
+        outputs.append(out.read_bytes())
+    assert outputs[0].count(b"\n") == 27 and outputs.count(outputs[0]) == 4

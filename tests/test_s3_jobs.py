@@ -15,8 +15,7 @@ from PIL import Image
 
 from scorer import s3_jobs
 from scorer.bundle import load_bundle
-from scorer.numbers import Length
-from scorer.workers import NumberMode
+from scorer.numbers import Length, NumberMode
 
 ENV = ("MODEL_DIR", "INPUT_PREFIX", "OUTPUT_PREFIX", "INPUT_BUCKET", "OUTPUT_BUCKET",
        "MIN_CONFIDENCE", "READ", "LENGTH")

@@ -12,7 +12,9 @@ loop against ours; with --cnn, the MLP and CNN bundles side by side (MNIST accur
 training time, images/s, and accuracy on the held-out "other hands" of tools/other_hands.py);
 and for `--read number`, fields read exactly, digits right and wrong lengths on the held-out
 number fields of tools/number_fields.py, for each bundle, and fields/s for the whole process on
-600 fields of about 100 x 600 px (with --workers 1 too).
+600 fields of about 100 x 600 px (with --workers 1 too); and on the photo set of
+tools/photo_set.py (phone photos of 2-12 megapixels and A4 page scans, one digit each), images/s
+and accuracy for the whole process, --workers 1 and the per-image loop.
 Figures only: nothing here asserts a speed.
 """
 
@@ -42,7 +44,8 @@ interpreter = Interpreter(model_path=sys.argv[1])
 interpreter.allocate_tensors()
 inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 correct = total = 0
-for path in sorted(Path(sys.argv[2]).rglob("*.png")):
+images = [p for p in Path(sys.argv[2]).rglob("*") if p.suffix in (".png", ".jpg")]
+for path in sorted(images):
     pixels = np.asarray(Image.open(path).convert("L").resize((28, 28)), dtype=np.uint8)
     interpreter.set_tensor(inp["index"], pixels[None])
     interpreter.invoke()
@@ -205,6 +208,39 @@ def number_fields(bundles: dict[str, str], work: Path, rounds: int) -> None:
           f"({best['single'] / best['whole']:.2f}x)")
 
 
+def photo_speed(model: str, count: int, work: Path, rounds: int) -> None:
+    """What users upload: phone photos and page scans (tools/photo_set.py, made once), scored
+    by the whole process, by one process, and by the per-image loop."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import photo_set
+
+    from scorer.workers import default_workers
+
+    folder = photo_set.build_set(ROOT / ".bench" / f"photos-{count}", count)
+    commands = {
+        "whole": score_command(model, folder, work / "photos.csv"),
+        "single": score_command(model, folder, work / "photos1.csv", "--workers", "1"),
+        "loop": [sys.executable, "-c", PER_IMAGE_LOOP, f"{model}/model.tflite", str(folder)],
+    }
+    best, outputs = best_of(commands, rounds)
+    megabytes = sum(path.stat().st_size for path in folder.rglob("*.*")) / 2**20
+    print(f"\n{count} photos and scans ({megabytes:.0f} MB; tools/photo_set.py), best of "
+          f"{rounds}:")
+    rows = [
+        (f"digits-score, whole process ({default_workers()} workers)", best["whole"],
+         csv_accuracy(work / "photos.csv")),
+        ("digits-score --workers 1", best["single"], csv_accuracy(work / "photos1.csv")),
+        ("per-image loop, whole process", best["loop"], float(outputs["loop"].stdout)),
+    ]
+    print(f"{'':<40}{'images/s':>10}{'vs loop':>9}{'accuracy':>10}")
+    for name, seconds, accuracy in rows:
+        print(f"{name:<40}{count / seconds:>10,.1f}{best['loop'] / seconds:>8.2f}x"
+              f"{accuracy:>10.1%}")
+    same = (work / "photos.csv").read_bytes() == (work / "photos1.csv").read_bytes()
+    print(f"whole process vs --workers 1: {best['single'] / best['whole']:.2f}x; "
+          f"CSVs {'byte-identical' if same else 'DIFFERENT'}")
+
+
 def speed_fields(folder: Path, count: int = 600) -> Path:
     """Fields to time (made once): 7 MNIST test digits 60 px high, about 100 x 600 px, in
     turn spaced, in a comb, in boxes and underlined."""
@@ -234,6 +270,8 @@ def main() -> None:
     parser.add_argument("--cnn", default=None, help="a CNN bundle to compare with --model")
     parser.add_argument("--no-fields", action="store_true",
                         help="skip the number fields (--read number)")
+    parser.add_argument("--photos", type=int, default=200,
+                        help="phone photos and page scans to time (0 skips them)")
     parser.add_argument("--rounds", type=int, default=5,
                         help="runs of each throughput command, in turn; the best counts")
     args = parser.parse_args()
@@ -283,12 +321,18 @@ def main() -> None:
         print(f"\ntwo workers vs one worker: {single / two:.2f}x; whole process vs per-image "
               f"loop: {loop / whole:.2f}x (best of {args.rounds} interleaved runs each)")
         print(f"one-image run, process start to CSV: {one_image:.2f} s (best of 5)")
+        # Start-up is one process's work whatever the workers: two of them can at most halve
+        # the rest of a --workers 1 run.
+        print(f"most two workers can be vs one with that start-up: "
+              f"{single / (one_image + (single - one_image) / 2):.2f}x")
         print(f"Lambda handler cold start (import + model load): {float(cold.stdout):.2f} s")
         if args.cnn:
             compare_models({"MLP": args.model, "CNN": args.cnn}, folder, work)
         if args.styled:
             styled_accuracy(args.model, mnist.x_test[-args.styled:], mnist.y_test[-args.styled:],
                             work)
+        if args.photos:
+            photo_speed(args.model, args.photos, work, min(args.rounds, 3))
         if not args.no_fields:
             bundles = {"MLP": args.model, **({"CNN": args.cnn} if args.cnn else {})}
             number_fields(bundles, work, min(args.rounds, 3))

@@ -37,7 +37,7 @@ from scorer.images.steps import (
 STACK = 256  # small images per vectorised stack: bounds memory however many are passed
 _INK_WEIGHT = 2 * SMALL_SIDE  # > any count of faint pixels along a row or column
 
-Result = tuple[np.ndarray | None, str]
+Prepared = tuple[np.ndarray | None, str]  # a model input, or None and a one-line reason
 
 # Chunks that do not change the pixels Pillow decodes; any other (tRNS, PLTE, eXIf, ...) sends the
 # image down the full path.
@@ -83,10 +83,10 @@ def small_grey_png(data: bytes) -> tuple[int, int, bytes] | None:
     return size[1], size[0], image.tobytes()
 
 
-def normalize_many(blobs: Sequence[bytes], geometry: Geometry = MNIST_GEOMETRY) -> list[Result]:
+def normalize_many(blobs: Sequence[bytes], geometry: Geometry = MNIST_GEOMETRY) -> list[Prepared]:
     """Normalise many images at once: (uint8 (h, w), "") or (None, one-line reason) per blob,
     in order; identical to calling normalize() on each. Other exceptions propagate."""
-    results: list[Result | None] = [None] * len(blobs)
+    results: list[Prepared | None] = [None] * len(blobs)
     stacks: dict[tuple[int, int], list[tuple[int, bytes | np.ndarray]]] = {}
     for i, data in enumerate(blobs):
         plain = small_grey_png(data) if isinstance(data, bytes) else None
@@ -129,7 +129,7 @@ def _normalize_stack(
     items: list[tuple[int, bytes | np.ndarray]],
     shape: tuple[int, int],
     geometry: Geometry,
-    results: list[Result | None],
+    results: list[Prepared | None],
 ) -> None:
     """Decoded small images of one shape (uint8 bytes or float32 arrays) -> results[i]."""
     n, (h, w) = len(items), shape

@@ -6,11 +6,19 @@
 - ``segments``: pieces -> atoms -> candidate digits, normalised as single digits are;
 - ``decode``: the cheapest reading by dynamic programming, within ``--length``;
 - ``reader``: one field end to end, split around the model so workers batch it;
-- ``length``: the ``--length`` bounds.
+- ``length``: the ``--length`` bounds and a job's NumberMode.
 """
 
 from scorer.numbers.decode import Digit
-from scorer.numbers.length import Length, parse_length
-from scorer.numbers.reader import FieldCut, Reading, cut_field, read_cut
+from scorer.numbers.length import Length, NumberMode, parse_length
+from scorer.numbers.reader import (
+    FieldCut,
+    PreparedField,
+    Reading,
+    cut_field,
+    prepare_field,
+    read_cut,
+)
 
-__all__ = ["Digit", "FieldCut", "Length", "Reading", "cut_field", "parse_length", "read_cut"]
+__all__ = ["Digit", "FieldCut", "Length", "NumberMode", "PreparedField", "Reading", "cut_field",
+           "parse_length", "prepare_field", "read_cut"]

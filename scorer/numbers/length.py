@@ -1,4 +1,5 @@
-"""How many digits a field may hold: `--length 5` or `--length 4-6` (a leaf: no imports)."""
+"""How many digits a field may hold: `--length 5` or `--length 4-6`, and the mode of a job
+that reads numbers (a leaf: no imports)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,13 @@ def parse_length(text: str) -> Length:
     if not 1 <= bounds.low <= bounds.high <= MAX_DIGITS:
         raise ValueError(f"{text!r}: need 1 <= MIN <= MAX <= {MAX_DIGITS}")
     return bounds
+
+
+class NumberMode(NamedTuple):
+    """Each image is one field holding one number (`--read number`), of `length` digits."""
+
+    length: Length | None = None
+
+    def describe(self) -> dict:
+        """What a job reads, as reports and scale-out parts record it."""
+        return {"read": "number", "length": None if self.length is None else str(self.length)}

@@ -12,6 +12,7 @@ from PIL import Image
 from scorer.images.budget import time_budget
 from scorer.images.errors import BlankImageError, ImageError
 from scorer.images.geometry import Geometry
+from scorer.images.prepare import never_raising
 from scorer.numbers.components import TooManyPieces, pieces
 from scorer.numbers.decode import Digit, choose, field_confidence
 from scorer.numbers.field import Frame, load_field
@@ -81,6 +82,14 @@ def cut_field(data: bytes, geometry: Geometry) -> FieldCut:
     lined = bool(np.count_nonzero(field.ink & ~ink))  # form lines were removed: slivers remain
     return FieldCut(candidates(field.grey, atoms, found, height, geometry, lined),
                     image_columns(atoms, field.frame), thumb, thumb_scale)
+
+
+PreparedField = tuple[FieldCut | None, str]  # a field's candidates, or None and a reason
+
+
+def prepare_field(data: bytes, geometry: Geometry) -> PreparedField:
+    """`cut_field` that never raises: (its candidates, "") or (None, one-line reason)."""
+    return never_raising(cut_field, data, geometry)
 
 
 def read_cut(cut: FieldCut, probabilities: np.ndarray, length: Length | None) -> Reading:
