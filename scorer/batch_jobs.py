@@ -38,7 +38,7 @@ from scorer import report, sources
 from scorer.bundle import Bundle
 from scorer.job import Tally, build_report, run_job, run_summary
 from scorer.outputs import LABEL_COLUMN, S3Upload, csv_header, write_report
-from scorer.s3_jobs import Config, prefix_outputs, read_mode, run_info
+from scorer.s3_jobs import Config, job_options, prefix_outputs, read_mode, run_info
 from scorer.s3client import (
     FETCH_WORKERS,
     delete_under,
@@ -118,9 +118,8 @@ def score_batch(batch_input: dict, items: list[dict], bundle: Bundle,
     stats = SourceStats()
     collector = report.ExampleCollector()
     tally = run_job(sources.iter_listed(bucket, prefix, listed, stats, fail_fast=True), bundle,
-                    s3_url(out_bucket, f"{base}.csv"), workers=1, timings=False,
-                    min_confidence=config.min_confidence, label_column=True,
-                    collector=collector, numbers=config.numbers)
+                    s3_url(out_bucket, f"{base}.csv"),
+                    options=job_options(config, label_column=True), collector=collector)
     examples = None
     if collector.seen:
         examples = f"{base}.examples.json"

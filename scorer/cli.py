@@ -152,16 +152,17 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
                            if labels_csv else {})
     stats = SourceStats()
     inputs = matcher.apply(iter_inputs(sources, stats, defer_reads=True))
-    workers = checked_workers(workers)
+    from scorer.job import JobOptions  # here, not above: --model-info and usage errors skip it
+
+    options = JobOptions(workers=checked_workers(workers), batch_size=batch_size,
+                         probabilities=probabilities, min_confidence=min_confidence,
+                         numbers=numbers, formula_guard=not raw_csv,
+                         run_info={"sources": list(sources),
+                                   **(numbers.describe() if numbers else {})})
     set_seconds_per_image(time_per_image)
     signal.signal(signal.SIGTERM, terminate)
     try:
-        tally = score_to_outputs(inputs, bundle, out, report_dir, review, workers=workers,
-                                 batch_size=batch_size, probabilities=probabilities,
-                                 min_confidence=min_confidence,
-                                 formula_guard=not raw_csv, numbers=numbers,
-                                 run_info={"sources": list(sources),
-                                           **(numbers.describe() if numbers else {})})
+        tally = score_to_outputs(inputs, bundle, out, report_dir, review, options)
     except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
         raise click.UsageError(str(err)) from err  # listing starts; a model TFLite cannot load
     except Terminated as stop:  # the job removed its temporary files and stopped its workers
@@ -250,14 +251,16 @@ def progress_bar(rows):
     return tqdm(rows, unit="img", file=sys.stderr, leave=False)
 
 
-def score_to_outputs(inputs, bundle, out, report_dir, review=None, **options):
+def score_to_outputs(inputs, bundle, out, report_dir, review, options):
+    """Run the job (with a progress bar on a terminal), then warn about a missing report and
+    write --review-dir."""
     from scorer.job import run_job
 
     progress = progress_bar if sys.stderr.isatty() else None
     if review is not None:  # notes the rows to copy as they stream past
         progress = review.watch if progress is None else \
             (lambda rows, bar=progress: bar(review.watch(rows)))
-    tally = run_job(inputs, bundle, out, report_dir, **options, progress=progress)
+    tally = run_job(inputs, bundle, out, report_dir, options=options, progress=progress)
     if report_dir and not tally.labelled:
         click.echo("warning: no labelled images were scored, so no report was written "
                    "(use folders named 0-9 or --labels)", err=True)

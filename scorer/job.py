@@ -6,7 +6,7 @@ Shared by the CLI and the Lambda handler; it knows about files and S3 URLs, not 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -117,30 +117,46 @@ class Tally:
         return ", ".join(parts)
 
 
+@dataclass(frozen=True)
+class JobOptions:
+    """How a job scores its rows and writes them (the defaults are the CLI's)."""
+
+    workers: int | None = None  # processes that score, this one included (None: all cores)
+    batch_size: int = 256  # most images per model invocation
+    probabilities: bool = False  # a p<class> column per class (digit mode)
+    min_confidence: float | None = None  # predictions below it get status "review"
+    numbers: NumberMode | None = None  # each input is one field, read as a number
+    label_column: bool | None = None  # True: a label column even if no row has a label (parts)
+    formula_guard: bool = True  # False: cells exact, even those a spreadsheet runs as formulas
+    timings: bool = True  # False: no speed or clock time in the report (byte-identical reruns)
+    run_info: dict | None = None  # first entries of the report's "run" section (e.g. sources)
+
+
+DEFAULT_OPTIONS = JobOptions()  # frozen: safe to share as a default
+
+
 def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str | None = None, *,
-            workers: int | None = None, batch_size: int = 256, probabilities: bool = False,
-            min_confidence: float | None = None, progress=None, run_info: dict | None = None,
-            timings: bool = True, label_column: bool | None = None,
-            collector: report.ExampleCollector | None = None,
-            formula_guard: bool = True, numbers: NumberMode | None = None) -> Tally:
-    """Score `inputs` into the CSV at `out` (path, '-' or s3:// URL). With `report_dir` and at
-    least one labelled image, also write the report there. Predictions below `min_confidence`
-    get status "review". `progress` wraps the row iterator (e.g. a tqdm bar). Nothing is
-    published unless every row was written. `timings=False` keeps speed and clock time out of
-    the report, so the same inputs give byte-identical outputs. `label_column=True` keeps the
-    label column even when no row has a label (parts of a job that are merged later); a given
-    `collector` is fed the labelled predictions (with their images) even without `report_dir`.
-    `formula_guard=False` writes cells exactly, even those a spreadsheet would run as
-    formulas. With `numbers`, each input is a field read as a number (`--read number`)."""
-    tally = Tally(fields=numbers is not None)
+            options: JobOptions = DEFAULT_OPTIONS,
+            progress: Callable[[Iterator[Row]], Iterable[Row]] | None = None,
+            collector: report.ExampleCollector | None = None) -> Tally:
+    """Score `inputs` into the CSV at `out` (path, '-' or s3:// URL) as `options` say; with
+    `report_dir` and at least one labelled row, also write the report there. Nothing is
+    published unless every row was written.
+
+    Hooks: `progress` wraps the row iterator (a tqdm bar, the review folder's watch); a given
+    `collector` is fed the labelled predictions (with their images) even without `report_dir`
+    (the parts of a scale-out job keep their examples for the merge)."""
+    fields = options.numbers is not None
+    tally = Tally(fields=fields)
     if collector is None and report_dir:
         collector = report.ExampleCollector()
-    sink = PredictionsCsv(out, bundle.labels, probabilities, label_column=label_column,
-                          formula_guard=formula_guard, fields=numbers is not None)
+    sink = PredictionsCsv(out, bundle.labels, options.probabilities,
+                          label_column=options.label_column,
+                          formula_guard=options.formula_guard, fields=fields)
     try:
-        rows = score(inputs, bundle, workers=workers, batch_size=batch_size,
-                     keep_probabilities=probabilities, min_confidence=min_confidence,
-                     numbers=numbers)
+        rows = score(inputs, bundle, workers=options.workers, batch_size=options.batch_size,
+                     keep_probabilities=options.probabilities,
+                     min_confidence=options.min_confidence, numbers=options.numbers)
         for row in progress(rows) if progress else rows:
             sink.write(row)
             tally.add(row)
@@ -152,16 +168,23 @@ def run_job(inputs: Iterable[Input], bundle: Bundle, out: str, report_dir: str |
     sink.finish()  # removes its temporary files whatever happens in it, SIGTERM included
     tally.finish()
     if report_dir and tally.labelled:
-        try:
-            files = build_report(tally, bundle, collector.misclassified,
-                                 collector.least_confident,
-                                 run_summary(tally, bundle, run_info, min_confidence, timings))
-            write_report(files, report_dir)
-        except BaseException as stop:  # a stop or a full disk now: say what is already out
-            stop.add_note(f"the predictions were written ({'stdout' if out == '-' else out}); "
-                          "the report was not")
-            raise
+        write_job_report(tally, bundle, collector, options, report_dir, out)
     return tally
+
+
+def write_job_report(tally: Tally, bundle: Bundle, collector: report.ExampleCollector,
+                     options: JobOptions, report_dir: str, out: str) -> None:
+    """The report of the rows counted in `tally`, into `report_dir` (the CSV is out already)."""
+    try:
+        run = run_summary(tally, bundle, options.run_info, options.min_confidence,
+                          options.timings)
+        files = build_report(tally, bundle, collector.misclassified,
+                             collector.least_confident, run)
+        write_report(files, report_dir)
+    except BaseException as stop:  # a stop or a full disk now: say what is already out
+        stop.add_note(f"the predictions were written ({'stdout' if out == '-' else out}); "
+                      "the report was not")
+        raise
 
 
 def example_of(row: Row) -> report.Example:

@@ -15,7 +15,7 @@ from pathlib import Path
 from scorer import sources
 from scorer.bundle import Bundle
 from scorer.images import IMAGE_EXTENSIONS
-from scorer.job import Tally, run_job
+from scorer.job import JobOptions, Tally, run_job
 from scorer.numbers import NumberMode, parse_length
 from scorer.s3client import parse_s3_url
 from scorer.sources import SourceStats
@@ -96,6 +96,14 @@ def run_info(source: str, config: Config) -> dict:
     return {"source": source, **(read_mode(config) if config.numbers is not None else {})}
 
 
+def job_options(config: Config, run: dict | None = None,
+                label_column: bool | None = None) -> JobOptions:
+    """How the function scores: in its one process, with the deployment's threshold and read
+    mode, and no timings, so that a redelivered message writes the same bytes again."""
+    return JobOptions(workers=1, timings=False, min_confidence=config.min_confidence,
+                      numbers=config.numbers, run_info=run, label_column=label_column)
+
+
 def check_bundle(bundle: Bundle, config: Config) -> None:
     """Number mode joins class names into a digit string: each must be one character."""
     if config.numbers is not None and any(len(name) != 1 for name in bundle.labels):
@@ -148,9 +156,8 @@ def score_object(bucket: str, key: str, bundle: Bundle, config: Config) -> tuple
     is_archive = sources.extension(key) == sources.ZIP_EXTENSION
     report_dir = output_url(bucket, f"{name}.report/", config) if is_archive else None
     inputs = sources.iter_s3_object(bucket, key, SourceStats(), fail_fast=True)
-    tally = run_job(inputs, bundle, out, report_dir, workers=1, timings=False,
-                    min_confidence=config.min_confidence, numbers=config.numbers,
-                    run_info=run_info(f"s3://{bucket}/{key}", config))
+    tally = run_job(inputs, bundle, out, report_dir,
+                    options=job_options(config, run_info(f"s3://{bucket}/{key}", config)))
     return out, tally
 
 
@@ -170,6 +177,5 @@ def score_prefix(source: str, bundle: Bundle, config: Config) -> tuple[str, Tall
     out, report_dir = prefix_outputs(source, config)
     inputs = sources.iter_inputs([source], SourceStats(), fail_fast=True)
     tally = run_job(inputs, bundle, out, report_dir,
-                    workers=1, timings=False, min_confidence=config.min_confidence,
-                    numbers=config.numbers, run_info=run_info(source, config))
+                    options=job_options(config, run_info(source, config)))
     return out, tally

@@ -65,3 +65,14 @@ def digits_cnn_bundle(tmp_path_factory) -> Path:
     """A CNN bundle on the 8x8 digits with the CNN's own recipe and augmentation on (default)."""
     out = tmp_path_factory.mktemp("bundles") / "digits_cnn"
     return train_bundle(out, *DIGITS_CNN_ARGS)
+
+
+@pytest.fixture(scope="module")
+def labelled_tree(tmp_path_factory, mnist_test_images) -> Path:
+    """400 MNIST test digits as PNGs under folders 0..9."""
+    from cli_helpers import write_png_tree  # importable once this file has set sys.path
+
+    x, y = mnist_test_images
+    root = tmp_path_factory.mktemp("labelled") / "digits"
+    write_png_tree(root, x[:400], y[:400])
+    return root

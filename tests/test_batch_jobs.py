@@ -201,29 +201,6 @@ def test_without_labels_the_merged_csv_has_no_label_column(small_parts, handler,
     assert keys_under(s3, bucket, "predictions/forms/report/") == []
 
 
-def test_upload_parts_are_of_the_real_minimum_size_and_abort_leaves_nothing(moto_endpoint):  # noqa: F811
-    s3, bucket = boto3.client("s3"), f"digits-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=bucket)
-    payload = bytes(range(256)) * (48 * 1024)  # 12 MiB
-    upload = outputs.S3Upload(f"s3://{bucket}/big.csv", part_size=5 * 1024 * 1024)
-    for start in range(0, len(payload), 1_000_000):
-        upload.write(payload[start:start + 1_000_000])
-    upload.finish()
-    assert read(s3, bucket, "big.csv") == payload
-    assert s3.head_object(Bucket=bucket, Key="big.csv")["ETag"].strip('"').endswith("-3")
-
-    small = outputs.S3Upload(f"s3://{bucket}/small.csv")
-    small.write(b"a,b\r\n")
-    small.finish()  # less than a part: one PUT
-    assert read(s3, bucket, "small.csv") == b"a,b\r\n"
-
-    failed = outputs.S3Upload(f"s3://{bucket}/failed.csv", part_size=5 * 1024 * 1024)
-    failed.write(payload[:6 * 1024 * 1024])
-    failed.abort()
-    assert keys_under(s3, bucket, "failed") == []
-    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
-
-
 def test_the_merged_csv_streams_in_bounded_memory(moto_endpoint, monkeypatch):  # noqa: F811
     """The merge holds at most FETCH_AHEAD_BYTES of part bodies ahead plus the one it writes,
     in pieces (it used to hold 32 bodies and several copies of each: one 103 MB part added

@@ -23,8 +23,8 @@ from scorer.report.comparison import (
     mcnemar,
 )
 
+from cli_helpers import assert_usage_error, read_csv, score_cli, write_png_tree
 from conftest import ROOT, train_bundle
-from test_cli import assert_usage_error, read_csv, score_cli, write_png_tree
 
 CLASSES = [str(i) for i in range(10)]
 

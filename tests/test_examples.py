@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_cli import ROOT, read_csv, score_cli
+from cli_helpers import ROOT, read_csv, score_cli
 
 EXAMPLES = ROOT / "examples"
 

@@ -23,9 +23,9 @@ from trainer.finetune import HELD_OUT, regressions
 from trainer.recipes import FINETUNE_DEFAULTS
 from trainer.user_images import list_digest, stratified_holdout
 
+from cli_helpers import assert_usage_error, score_cli
 from conftest import ROOT
 from digit_factory import STYLES
-from test_cli import assert_usage_error, score_cli
 
 STYLE_NAMES = ("thin_pen", "pencil_on_yellow", "ballpoint_on_grey", "paper_scan")
 

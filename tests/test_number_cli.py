@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import assert_usage_error, read_csv, score_cli
 from digit_factory import mnist_png
-from test_cli import assert_usage_error, read_csv, score_cli
 from test_s3_jobs import clean_digits, field_of
 
 HEADER = ["source", "prediction", "confidence", "status", "error", "label", "digits"]

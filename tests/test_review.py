@@ -20,9 +20,9 @@ from scorer.pipeline import Row
 from scorer.review import ReviewDirError, ReviewFolder, check_target, copy_name, safe_component
 from scorer.sources.again import container, read_again
 
+from cli_helpers import assert_usage_error, read_csv, score_cli
 from digit_factory import mnist_png, zip_of
 from moto_server import moto_endpoint  # noqa: F401
-from test_cli import assert_usage_error, read_csv, score_cli
 
 CLASSES = [str(i) for i in range(10)]
 
