@@ -1,14 +1,13 @@
-"""tools/package_lambda.py: its pure parts, the lock, and one real build imported by a clean
-interpreter.
+"""tools/package_lambda.py: its pure parts, how it uses the lock, and one real build imported
+by a clean interpreter. The lock itself (tools/lambda_lock.py) is tested in test_lambda_lock.py.
 
 The build test installs real wheels for this machine's Python from the committed lock (pip
-reaches the package index) and takes about half a minute; the lock tests run the real pip on
-small pure-Python wheels. The end-to-end scoring test with a real bundle lives elsewhere.
+reaches the package index) and takes about half a minute. The end-to-end scoring test with a
+real bundle lives elsewhere.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -19,22 +18,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_lambda_lock import THIS_PYTHON, committed_versions, hand_written_lock, ll, without
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "package_lambda.py"
-TEMPLATE = ROOT / "infra" / "template.yaml"
-THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("package_lambda", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["package_lambda"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pl = load_script()
+pl = importlib.import_module("package_lambda")  # test_lambda_lock put tools/ on sys.path
 
 
 def touch(path: Path, data: bytes = b"x", mode: int = 0o644) -> Path:
@@ -45,21 +34,6 @@ def touch(path: Path, data: bytes = b"x", mode: int = 0o644) -> Path:
 
 
 # ---------------------------------------------------------------- pip command
-
-
-def test_platform_tags_cover_manylinux2014_to_amazon_linux_2023():
-    tags = pl.platform_tags("x86_64")
-    assert tags[0] == "manylinux2014_x86_64"
-    assert "manylinux_2_17_x86_64" in tags and "manylinux_2_28_x86_64" in tags
-    assert "manylinux_2_27_x86_64" in tags  # ai-edge-litert 2.x wheels
-    assert tags[-1] == "manylinux_2_34_x86_64"
-    assert "manylinux_2_35_x86_64" not in tags
-    assert all(t.endswith("_aarch64") for t in pl.platform_tags("aarch64"))
-    assert pl.platform_tags("x86_64", (2, 26))[-1] == "manylinux_2_26_x86_64"
-    with pytest.raises(ValueError):
-        pl.platform_tags("arm64")
-    with pytest.raises(ValueError):
-        pl.platform_tags("x86_64", (2, 5))
 
 
 def test_pip_command_installs_the_lock_with_hashes_only(tmp_path):
@@ -74,7 +48,7 @@ def test_pip_command_installs_the_lock_with_hashes_only(tmp_path):
     assert cmd[cmd.index("--implementation") + 1] == "cp"
     assert cmd[cmd.index("--target") + 1] == str(tmp_path / "pkg")
     platforms = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--platform"]
-    assert platforms == pl.platform_tags("x86_64")
+    assert platforms == ll.platform_tags("x86_64")
     # Nothing is installed but what the lock pins: every argument is an option or its value.
     takes_value = {"--target", "--platform", "--implementation", "--python-version", "-r"}
     loose = [a for i, a in enumerate(cmd[4:], 4)
@@ -82,134 +56,17 @@ def test_pip_command_installs_the_lock_with_hashes_only(tmp_path):
     assert loose == []
 
 
-def test_runtime_requirements_are_complete_and_exclude_the_aws_sdk():
-    names = {re.split(r"[<>=!~;\[ ]", r)[0].lower() for r in pl.runtime_requirements()}
-    # The scorer's dependencies, plus what aws-lambda-powertools imports (found with --no-deps).
-    assert names == {"numpy", "pillow", "ai-edge-litert", "click", "tqdm",
-                     "aws-lambda-powertools", "jmespath", "typing-extensions"}
-    assert not names & {"boto3", "botocore", "tensorflow", "keras", "scikit-learn"}
+# ---------------------------------------------------------------- installing from the lock
 
 
-def test_runtime_requirements_follow_pyproject(tmp_path):
-    """A dependency added to pyproject.toml reaches the Lambda without editing the tool."""
-    text = (pl.REPO_ROOT / "pyproject.toml").read_text()
-    changed = text.replace('"click>=8.1",', '"click>=8.1",\n    "jmespath>=0.9",', 1)
-    assert changed != text
-    (tmp_path / "pyproject.toml").write_text(changed)
-    assert "jmespath>=0.9" in pl.runtime_requirements(tmp_path / "pyproject.toml")
-    assert "jmespath>=0.9" not in pl.runtime_requirements()
-
-
-# ---------------------------------------------------------------- the lock
-
-
-def template_targets() -> set[str]:
-    """cpXY-arch of every Lambda runtime and architecture the SAM template deploys."""
-    text = TEMPLATE.read_text()
-    versions = set(re.findall(r"^\s+Runtime:\s*python(3\.\d+)\s*$", text, re.M))
-    arches = set(re.findall(r"^\s+Architectures:\s*\[\s*(\w+)\s*\]", text, re.M)) or {"x86_64"}
-    assert versions, f"no python runtime found in {TEMPLATE}"
-    return {pl.Target(version, arch).tag for version in versions for arch in arches}
-
-
-def committed_versions() -> dict[str, str]:
-    return {name: pin.version for name, pin in pl.read_lock(pl.DEFAULT_LOCK).pins.items()}
-
-
-def hand_written_lock(path: Path, pins: dict[str, str], targets: str = "cp312-x86_64",
-                      glibc: str = "2.34") -> Path:
-    """A lock in pip's hash-checking format, written here rather than by format_lock."""
-    lines = ["# hand-written for a test", f"# targets: {targets}", f"# glibc: {glibc}"]
-    for i, (name, version) in enumerate(sorted(pins.items()), start=1):
-        lines.append(f"{name}=={version} \\\n    --hash=sha256:{i:064x}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def test_targets_are_written_like_cp312_x86_64():
-    assert pl.Target.parse("cp312-x86_64") == pl.Target("3.12", "x86_64")
-    assert pl.Target("3.11", "aarch64").tag == "cp311-aarch64"
-    for bad in ("cp312", "py312-x86_64", "cp312-arm64", "312-x86_64", "cp27-x86_64"):
-        with pytest.raises(ValueError):
-            pl.Target.parse(bad)
-
-
-def test_committed_lock_pins_exactly_the_runtime_requirements_for_the_deployed_runtime():
-    from packaging.requirements import Requirement
-
-    lock = pl.read_lock(pl.DEFAULT_LOCK)
-    wanted = {pl._canonical(r.name): r for r in map(Requirement, pl.runtime_requirements())}
-    assert set(lock.pins) == set(wanted)
-    for name, pin in lock.pins.items():
-        assert wanted[name].specifier.contains(pin.version, prereleases=True), (name, pin)
-        assert pin.hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in pin.hashes)
-    # numpy has one wheel per Python version and architecture: every target was hashed.
-    assert len(set(lock.pins["numpy"].hashes)) == len(lock.targets)
-    tags = {t.tag for t in lock.targets}
-    assert template_targets() <= tags
-    assert pl.Target(THIS_PYTHON, "x86_64").tag in tags  # the real build below
-    assert lock.glibc == pl.DEFAULT_GLIBC
-    for target in lock.targets:
-        assert pl.lock_problems(lock, pl.runtime_requirements(), target) == []
-    # Exactly as make lock writes it: a hand edit shows here.
-    assert pl.DEFAULT_LOCK.read_text() == pl.format_lock(lock)
-
-
-def test_a_hand_written_lock_that_fits_passes_the_checks(tmp_path):
-    lock = hand_written_lock(tmp_path / "lock.txt", committed_versions(),
-                             targets="cp313-aarch64 cp312-x86_64")
-    read = pl.checked_lock(lock, pl.runtime_requirements(), pl.Target("3.12", "x86_64"))
-    assert read.targets == (pl.Target("3.13", "aarch64"), pl.Target("3.12", "x86_64"))
-    assert {name: pin.version for name, pin in read.pins.items()} == committed_versions()
-    assert all(len(pin.hashes) == 1 for pin in read.pins.values())
-
-
-def without(pins: dict[str, str], name: str) -> dict[str, str]:
-    assert name in pins
-    return {k: v for k, v in pins.items() if k != name}
-
-
-@pytest.mark.parametrize("change, problem", [
-    (lambda pins: {"targets": "cp311-x86_64 cp312-aarch64"}, "no wheels for cp312-x86_64"),
-    (lambda pins: {"pins": without(pins, "jmespath")}, "it lacks jmespath"),
-    (lambda pins: {"pins": {**pins, "six": "1.17.0"}},
-     "pins six, which the Lambda does not require"),
-    (lambda pins: {"pins": {**pins, "numpy": "1.25.2"}}, "numpy==1.25.2 is outside numpy>=1.26"),
-    (lambda pins: {"glibc": "2.26"}, "this build is for glibc <= 2.34"),
-], ids=["target", "missing", "extra", "specifier", "glibc"])
-def test_build_refuses_a_lock_that_does_not_fit_before_pip_runs(tmp_path, change, problem):
-    pins = committed_versions()
-    lock = hand_written_lock(tmp_path / "lock.txt", **{"pins": pins, **change(pins)})
+def test_build_refuses_a_stale_lock_before_pip_runs(tmp_path):
+    lock = hand_written_lock(tmp_path / "lock.txt", without(committed_versions(), "jmespath"))
     out = tmp_path / "lambda.zip"
     logged: list[str] = []
-    with pytest.raises(pl.BuildError, match="run `make lock`") as refused:
+    with pytest.raises(ll.LockError, match="run `make lock`") as refused:
         pl.build(out, "3.12", "x86_64", None, lock=lock, log=logged.append)
-    assert problem in str(refused.value)
+    assert "it lacks jmespath" in str(refused.value)
     assert logged == [] and not out.exists()  # nothing was installed
-
-
-@pytest.mark.parametrize("text, problem", [
-    ("# targets: cp312-x86_64\n# glibc: 2.34\nnumpy>=1.26\n", "not a pin with sha256 hashes"),
-    ("# targets: cp312-x86_64\n# glibc: 2.34\nnumpy==2.4.6\n", "not a pin with sha256 hashes"),
-    ("# targets: cp312-x86_64\n# glibc: 2.34\nnumpy==2.4.6 --hash=md5:" + "0" * 32 + "\n",
-     "not a pin with sha256 hashes"),
-    ("# targets: cp312-x86_64\n# glibc: 2.34\nnumpy==two --hash=sha256:" + "0" * 64 + "\n",
-     "not a version"),
-    ("# targets: cp312-x86_64\n# glibc: 2.34\n" + ("numpy==2.4.6 --hash=sha256:" + "0" * 64
-                                                   + "\n") * 2, "numpy is pinned twice"),
-    ("# glibc: 2.34\nnumpy==2.4.6 --hash=sha256:" + "0" * 64 + "\n", "no '# targets:' line"),
-    ("# targets: cp312-arm64\n# glibc: 2.34\n", "not a target"),
-    ("# targets: cp312-x86_64\nnumpy==2.4.6 --hash=sha256:" + "0" * 64 + "\n",
-     "no '# glibc:' line"),
-], ids=["unpinned", "no-hash", "md5", "version", "twice", "no-targets", "bad-target", "no-glibc"])
-def test_a_file_that_is_not_a_lock_is_refused(tmp_path, text, problem):
-    path = tmp_path / "lock.txt"
-    path.write_text(text)
-    with pytest.raises(pl.BuildError, match="run `make lock`") as refused:
-        pl.read_lock(path)
-    assert problem in str(refused.value)
-    with pytest.raises(pl.BuildError, match="cannot be read"):
-        pl.read_lock(tmp_path / "absent.txt")
 
 
 def test_cli_refuses_a_python_version_the_lock_does_not_cover(tmp_path):
@@ -225,7 +82,7 @@ def test_cli_refuses_a_python_version_the_lock_does_not_cover(tmp_path):
 
 def test_pip_refuses_a_wheel_whose_hash_is_not_in_the_lock(tmp_path):
     """The real pip, a real wheel from the committed lock: only its true hash installs."""
-    pin = pl.read_lock(pl.DEFAULT_LOCK).pins["jmespath"]
+    pin = ll.read_lock(ll.DEFAULT_LOCK).pins["jmespath"]
 
     def install(hashes: tuple[str, ...], name: str) -> subprocess.CompletedProcess:
         lock = tmp_path / f"{name}.txt"
@@ -243,59 +100,6 @@ def test_pip_refuses_a_wheel_whose_hash_is_not_in_the_lock(tmp_path):
     assert bad.returncode != 0
     assert "DO NOT MATCH THE HASHES" in bad.stderr, bad.stderr[-3000:]
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
-
-
-TINY_REQUIREMENTS = ("jmespath>=1.0.1", "typing-extensions>=4.11")
-
-
-def test_write_lock_pins_real_wheels_by_their_sha256(tmp_path):
-    targets = [pl.Target(THIS_PYTHON, "x86_64"), pl.Target(THIS_PYTHON, "aarch64")]
-    path = tmp_path / "infra" / "lock.txt"
-    written = pl.write_lock(path, targets, requirements=TINY_REQUIREMENTS, log=lambda *_: None)
-    text = path.read_text()
-    assert "Generated by `make lock`" in text and "do not edit by hand" in text
-    assert f"\n# targets: {targets[0].tag} {targets[1].tag}\n" in text
-    lock = pl.read_lock(path)
-    assert lock == written
-    assert sorted(lock.pins) == ["jmespath", "typing-extensions"]
-    assert pl.lock_problems(lock, TINY_REQUIREMENTS, targets[1]) == []
-    # Pure-Python wheels are the same file on both architectures: hashed once.
-    assert all(len(pin.hashes) == 1 for pin in lock.pins.values())
-
-    # The hashes are those of the files pip downloads for these pins.
-    wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                    "--only-binary=:all:", "--dest", str(wheels),
-                    *(f"{name}=={pin.version}" for name, pin in lock.pins.items())],
-                   check=True, capture_output=True, timeout=300)
-    downloaded = {pl._canonical(w.name.split("-")[0]): hashlib.sha256(w.read_bytes()).hexdigest()
-                  for w in wheels.glob("*.whl")}
-    assert downloaded == {name: pin.hashes[0] for name, pin in lock.pins.items()}
-
-    # The real pip installs from it in hash-checking mode.
-    done = subprocess.run(pl.pip_install_command(tmp_path / "pkg", THIS_PYTHON, "x86_64", path),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "pkg" / "typing_extensions.py").is_file()
-
-    # Deterministic, and written through a temporary file that does not stay behind.
-    again = path.with_name("again.txt")
-    pl.write_lock(again, targets, requirements=TINY_REQUIREMENTS, log=lambda *_: None)
-    assert again.read_bytes() == path.read_bytes()
-    assert sorted(p.name for p in path.parent.iterdir()) == ["again.txt", "lock.txt"]
-
-
-def test_write_lock_names_a_target_without_the_wheel_and_keeps_the_old_lock(tmp_path):
-    path = touch(tmp_path / "lock.txt", b"the old lock\n")
-    # typing-extensions 4.11+ needs Python 3.8 or newer: no wheel of it for 3.6.
-    targets = [pl.Target(THIS_PYTHON, "x86_64"), pl.Target("3.6", "x86_64")]
-    with pytest.raises(pl.BuildError,
-                       match=r"no wheel of typing-extensions==[\d.]+ for cp36-x86_64"):
-        pl.write_lock(path, targets, requirements=("typing-extensions>=4.11",),
-                      log=lambda *_: None)
-    assert path.read_bytes() == b"the old lock\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["lock.txt"]
-
 
 
 # ---------------------------------------------------------------- pruning
@@ -562,7 +366,7 @@ def test_built_zip_imports_and_runs_in_a_clean_interpreter(tmp_path, tiny_bundle
     # Installed through the lock: exactly its distributions, at its versions.
     tops = sorted({n.split("/", 1)[0] for n in names})
     dist_infos = [m for m in (re.fullmatch(r"(.+)-([^-]+)\.dist-info", t) for t in tops) if m]
-    assert {pl._canonical(m.group(1)): m.group(2) for m in dist_infos} == pins
+    assert {ll.canonical(m.group(1)): m.group(2) for m in dist_infos} == pins
     assert out.stat().st_size <= pl.MAX_ZIPPED_BYTES and unzipped <= pl.MAX_UNZIPPED_BYTES
     assert pl.forbidden_entries(names) == []
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
