@@ -77,7 +77,7 @@ def check_out(out: str) -> None:
               help="CSV with source,label columns; otherwise a parent folder named 0-9 is the "
               "label.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Processes that read, normalise and classify, this one included (it scores "
+              help="Processes that read, normalize and classify, this one included (it scores "
               "whenever it would wait for the others).  [default: all cores]")
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=256,
               help="Most images per model invocation (at most 64 in worker processes).")
@@ -97,7 +97,7 @@ def check_out(out: str) -> None:
               "helps choose it.  [default: off]")
 @click.option("--time-per-image", type=click.FloatRange(0, 900, min_open=True), default=10.0,
               metavar="SECONDS",
-              help="Most time decoding and normalising one image may take; an image that takes "
+              help="Most time decoding and normalizing one image may take; an image that takes "
               "longer is an error row (a small file can cost minutes: a time bomb).")
 @click.option("--verbose", is_flag=True,
               help="Also show the TFLite runtime's messages (or set DIGITS_VERBOSE=1).")
@@ -123,7 +123,7 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     or s3://bucket/archive.zip) and write one CSV row per image:
     source,prediction,confidence,status,error[,label][,p0..p9] (--read number: plus digits).
 
-    Images of any style are normalised the way MNIST was (ink polarity, contrast, crop, 20 px box,
+    Images of any style are normalized the way MNIST was (ink polarity, contrast, crop, 20 px box,
     centre of mass). Images without ink are status=blank; broken files become rows with
     status=error; the run goes on."""
     import os

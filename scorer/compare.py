@@ -1,6 +1,6 @@
 """Champion against challenger: two bundles on the same labelled images.
 
-Each image is read and normalised once, by the scoring pipeline with bundle A (workers, byte
+Each image is read and normalized once, by the scoring pipeline with bundle A (workers, byte
 budgets and error rows as in `digits-score`); bundle B classifies the same model inputs in this
 process. So both models see exactly the same pixels, and the bundles must agree on the input
 geometry and the classes (a fine-tuned bundle always agrees with its base).

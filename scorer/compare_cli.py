@@ -27,7 +27,7 @@ from scorer import __version__
 @click.option("--report-dir", default=None, help="Folder or s3:// prefix for comparison.html "
               "and comparison.json.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Processes that read and normalise.  [default: all cores]")
+              help="Processes that read and normalize.  [default: all cores]")
 @click.version_option(__version__, prog_name="digits-compare")
 def main(bundle_a, bundle_b, sources, labels_csv, variant, names, report_dir, workers) -> None:
     """Compare BUNDLE_A and BUNDLE_B on the labelled images in SOURCES (files, folders named
@@ -35,7 +35,7 @@ def main(bundle_a, bundle_b, sources, labels_csv, variant, names, report_dir, wo
     against coverage, the images whose prediction changed, and McNemar's test on the images
     where exactly one of them is right (is B's difference more than chance?).
 
-    Each image is normalised once; both models classify the same pixels. No TensorFlow."""
+    Each image is normalized once; both models classify the same pixels. No TensorFlow."""
     from scorer.bundle import BundleError, load_bundle
     from scorer.compare import check_comparable, compare_bundles
     from scorer.sources import (

@@ -21,13 +21,13 @@ GROUP_BYTES = 16 * 2**20  # most input bytes + decoded bytes normalized together
 # work (a 12 MP photo alone, two 2 MP ones), so that the processes of a job of photos
 # finish together; 64 MNIST digits cost about 70 kB and still make one chunk.
 CHUNK_COST = 2**20
-# Normalising any image larger than a thumbnail takes milliseconds whatever its bytes (about
+# Normalizing any image larger than a thumbnail takes milliseconds whatever its bytes (about
 # 5 ms for a 200x200 crop of a few kB, 0.05 ms for a 28x28 PNG of 300 bytes): a local file of
 # more than TINY_FILE bytes costs IMAGE_COST on top of its size, so a chunk holds at most 8.
 TINY_FILE = 1024
 IMAGE_COST = CHUNK_COST // 8
 # An image whose pixels take more than this (a photo decodes to ~3 MB, a scan to kB) is
-# normalised alone, and in a pool only one at a time across all workers: its float steps take
+# normalized alone, and in a pool only one at a time across all workers: its float steps take
 # several times its size, so the total stays bounded however many workers there are.
 LARGE_DECODE_BYTES = 8 * 2**20
 

@@ -1,7 +1,7 @@
 """Turn MNIST digits into realistic uploads: scans, photos, chalkboards, drawing-app PNGs.
 
 Every style takes a 28x28 uint8 MNIST digit (light ink on dark) and a numpy Generator
-and returns encoded image bytes, so tests exercise decoding and normalisation together.
+and returns encoded image bytes, so tests exercise decoding and normalization together.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def test_output_keeps_dtype_shape_range_and_some_images_clean(digits):
 
 
 def test_augmented_digits_stay_centred_and_digit_sized(digits):
-    """The normaliser centres digits by centre of mass and fits them to a 20 px box: augmented
+    """The normalizer centres digits by centre of mass and fits them to a 20 px box: augmented
     images must look like that, not drift off-centre or shrink."""
     x, _ = digits
     out = augment.augment(x, np.random.default_rng(1), clean_fraction=0.0)
@@ -128,7 +128,7 @@ def test_rotation_is_counter_clockwise_and_keeps_the_bar_length():
     turned = augment.warp(image, rotation=np.deg2rad(20))[0]
     top, bottom = slice(6, 10), slice(18, 22)
     assert ink_columns(turned, top) < ink_columns(turned, bottom) - 2  # top leans left
-    # re-fitted like the normaliser: the longest side stays the bar's 16 px
+    # re-fitted like the normalizer: the longest side stays the bar's 16 px
     assert max((turned > 64).any(axis=1).sum(), (turned > 64).any(axis=0).sum()) in range(15, 18)
 
 

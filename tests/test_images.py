@@ -1,4 +1,4 @@
-"""Tests for scorer.images: each normalisation step, decoding of every mode, errors, and
+"""Tests for scorer.images: each normalization step, decoding of every mode, errors, and
 end-to-end behaviour on real MNIST digits rendered in realistic upload styles."""
 
 import pathlib
@@ -341,8 +341,8 @@ def test_small_jpeg_mnist_keeps_its_size(mnist_images):
     assert np.mean(cors) > 0.95 and np.percentile(cors, 5) > 0.75
 
 
-# Model-free proxy for "the model sees the same digit": correlation of the normalised styled
-# image with the normalised clean MNIST digit. Measured over 200 digits (seed 1):
+# Model-free proxy for "the model sees the same digit": correlation of the normalized styled
+# image with the normalized clean MNIST digit. Measured over 200 digits (seed 1):
 #   mean 0.926-0.955 and 5th percentile 0.79-0.85 for all styles but thin_pen;
 #   thin_pen (skeleton redrawn with a fine pen, so stroke shape really differs) mean 0.78, p5 0.59.
 # A polarity, crop or lighting failure gives ~0.0-0.4. Thresholds keep a ~0.05-0.1 margin.
@@ -350,7 +350,7 @@ STYLE_BOUNDS = {name: (0.88, 0.70) for name in STYLES} | {"thin_pen": (0.72, 0.4
 
 
 @pytest.mark.parametrize("style", sorted(STYLES))
-def test_styles_normalise_like_the_clean_digit(style, mnist_images):
+def test_styles_normalize_like_the_clean_digit(style, mnist_images):
     x, _ = mnist_images
     rng = np.random.default_rng(1)
     cors = []
@@ -572,7 +572,7 @@ def test_plain_png_fast_path_declines_anything_unusual(mnist_images):
     }
     for name, blob in declined.items():
         assert small_grey_png(blob) is None, name
-    # and whatever it declines still normalises exactly as one at a time
+    # and whatever it declines still normalizes exactly as one at a time
     blobs = list(declined.values())
     singles = []
     for blob in blobs:
@@ -654,7 +654,7 @@ def short_budget():
 
 def test_an_image_that_outlasts_its_time_budget_is_refused(slow_image, short_budget,
                                                            mnist_images):
-    """Decoding and normalising one image is interrupted when the time per image runs out,
+    """Decoding and normalizing one image is interrupted when the time per image runs out,
     in every path an image takes (one, many, a number field), and the next image has a
     budget of its own."""
     import time

@@ -1,5 +1,5 @@
 """Accuracy on realistic uploads: the same MNIST digits as scans, photos, chalkboards, drawing-app
-PNGs... must score about as well as the clean digits once scorer.images has normalised them,
+PNGs... must score about as well as the clean digits once scorer.images has normalized them,
 while the naive approach (greyscale + resize to 28x28) collapses to chance on them.
 
 Measured with the `mnist_bundle` fixture's model (6 runs: test digits 0-299, 300-599, 600-899,
@@ -30,7 +30,7 @@ PHOTOGRAPHED = ["paper_scan", "small_off_centre", "drawing_app_rgba"]
 
 
 def naive_pixels(data: bytes) -> np.ndarray:
-    """What a quick script would do: greyscale, squash to 28x28, no normalisation."""
+    """What a quick script would do: greyscale, squash to 28x28, no normalization."""
     im = Image.open(io.BytesIO(data)).convert("L").resize((28, 28))
     return np.asarray(im, np.uint8)
 
@@ -66,7 +66,7 @@ class Bench:
             self.encoded[style] = [render(STYLES[style], d, rng) for d in self.x]
         return self.encoded[style]
 
-    def normalised(self, style: str) -> float:
+    def normalized(self, style: str) -> float:
         return self.accuracy([normalize(data, self.geometry) for data in self.images(style)])
 
     def naive(self, style: str) -> float:
@@ -83,8 +83,8 @@ def clean(bench) -> float:
     return bench.accuracy([normalize(mnist_png(d), bench.geometry) for d in bench.x])
 
 
-def test_clean_digits_survive_normalisation(bench, clean):
-    """Normalising an image that is already MNIST-shaped must not cost accuracy."""
+def test_clean_digits_survive_normalization(bench, clean):
+    """Normalizing an image that is already MNIST-shaped must not cost accuracy."""
     raw = bench.accuracy(list(bench.x))
     print(f"\nclean MNIST: raw pixels {raw:.1%}, through normalize {clean:.1%}")
     assert clean >= raw - 0.01
@@ -93,15 +93,15 @@ def test_clean_digits_survive_normalisation(bench, clean):
 
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_style_scores_about_as_well_as_clean_digits(bench, clean, style):
-    accuracy = bench.normalised(style)
+    accuracy = bench.normalized(style)
     margin = MARGIN_BY_STYLE.get(style, MARGIN)
     print(f"\n{style}: {accuracy:.1%} (clean {clean:.1%}, allowed >= {clean - margin:.1%})")
     assert accuracy >= clean - margin
 
 
 @pytest.mark.parametrize("style", PHOTOGRAPHED)
-def test_naive_resizing_fails_where_normalisation_works(bench, style):
-    normalised, naive = bench.normalised(style), bench.naive(style)
-    print(f"\n{style}: normalised {normalised:.1%}, naive {naive:.1%}")
+def test_naive_resizing_fails_where_normalization_works(bench, style):
+    normalized, naive = bench.normalized(style), bench.naive(style)
+    print(f"\n{style}: normalized {normalized:.1%}, naive {naive:.1%}")
     assert naive < 0.35  # near chance: the digit is dark on light, small, or off-centre
-    assert normalised - naive > 0.50
+    assert normalized - naive > 0.50

@@ -5,7 +5,7 @@ The PNGs are MNIST's 10,000 test images, then training images up to --images. Pr
   - the whole `digits-score` process (all cores; two workers; one worker as on a 1-vCPU Lambda),
   - the per-image loop public Lambda samples use (open, greyscale, resize 28x28, invoke),
     (each of these four the best of --rounds runs, taken in turn),
-  - decoding alone in one process (Pillow open + greyscale), and our normalisation alone,
+  - decoding alone in one process (Pillow open + greyscale), and our normalization alone,
   - the wall time of a one-image run (process start to CSV), and the handler's cold start,
 and, on photographed/drawn digits made by tests/digit_factory.py, the accuracy of the per-image
 loop against ours; with --cnn, the MLP and CNN bundles side by side (MNIST accuracy, size,
@@ -130,7 +130,7 @@ def decode_rate(files: list[Path]) -> float:
 
 
 def normalize_rate(files: list[Path]) -> float:
-    """Normalisation as the pipeline runs it: chunks of 64 through normalize_many."""
+    """Normalization as the pipeline runs it: chunks of 64 through normalize_many."""
     from scorer.images import normalize_many
 
     blobs = [path.read_bytes() for path in files]
@@ -302,7 +302,7 @@ def main() -> None:
         loop_accuracy = float(outputs["loop"].stdout)
         one_image = min(timed(score_command(args.model, files[0], work / "one.csv"))[0]
                         for _ in range(5))
-        decode, normalise = decode_rate(files), normalize_rate(files)
+        decode, normalize = decode_rate(files), normalize_rate(files)
         cold = subprocess.run([sys.executable, "-c", COLD_START], capture_output=True, text=True,
                               check=True, env={**RUN_ENV, "MODEL_DIR": args.model})
 
@@ -312,7 +312,7 @@ def main() -> None:
             ("digits-score --workers 1", len(files) / single, None),
             ("per-image loop, whole process", len(files) / loop, loop_accuracy),
             ("decode only, one process", decode, None),
-            ("normalise only, one process", normalise, None),
+            ("normalize only, one process", normalize, None),
         ]
         print(f"{'':<34}{'images/s':>10}{'vs loop':>9}{'accuracy':>10}")
         for name, rate, acc in rows:

@@ -1,4 +1,4 @@
-"""Training-time augmentation: how uploads differ from MNIST *after* the scorer's normaliser.
+"""Training-time augmentation: how uploads differ from MNIST *after* the scorer's normalizer.
 
 The scorer turns every upload into an MNIST-like image (light ink on dark, cropped, longest side
 scaled to the digit box, centred by centre of mass). What it cannot undo is how the digit was
@@ -8,9 +8,9 @@ offsets its centring leaves. `augment` draws those on uint8 (n, h, w) images:
 - stroke width: grey dilation (thicker, a marker) or erosion (thinner, a fine pen), partly
   blended so widths vary continuously;
 - slant (horizontal shear), small rotation and scale, applied about the centre of mass and
-  re-fitted to the digit's original longest side, as the normaliser would re-fit it;
+  re-fitted to the digit's original longest side, as the normalizer would re-fit it;
 - elastic distortion: a smooth random displacement field of a pixel or two;
-- position jitter of at most ~1.5 px (the normaliser centres digits, so large shifts never occur);
+- position jitter of at most ~1.5 px (the normalizer centres digits, so large shifts never occur);
 - writing conventions MNIST (American writers) rarely shows, when the labels are given: a
   continental 1 (a flag at the top, sometimes a foot) and a crossed 7 (a bar through the stem).
 
@@ -179,7 +179,7 @@ def change_stroke(images: np.ndarray, steps: np.ndarray | float) -> np.ndarray:
 
 def stretch(images: np.ndarray) -> np.ndarray:
     """Scale each uint8 image so its `STRETCH_RANK`-th brightest pixel is 255, as the
-    normaliser's contrast stretch would (erosion and resampling dim thin strokes)."""
+    normalizer's contrast stretch would (erosion and resampling dim thin strokes)."""
     flat = images.reshape(len(images), -1)
     rank = min(STRETCH_RANK, flat.shape[1])
     peak = np.partition(flat, -rank, axis=1)[:, -rank].astype(np.float32)
@@ -262,7 +262,7 @@ def _centre_of_mass(pixels: np.ndarray) -> np.ndarray:
 
 def _refit(pixels: np.ndarray, centre: np.ndarray, forward: np.ndarray) -> np.ndarray:
     """(n,) factor that brings the transformed ink's longest side back to the original's, as the
-    normaliser's fit to the digit box would. The ink's outline is each row's first and last ink
+    normalizer's fit to the digit box would. The ink's outline is each row's first and last ink
     pixel (their hull is the ink's hull, so the extents after a linear map are exact)."""
     n, h, w = pixels.shape
     ink = pixels > 0

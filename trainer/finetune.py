@@ -1,7 +1,7 @@
 """Fine-tune a bundle on the user's own handwriting, compare it with its base, export it.
 
 The story, one function per stage, called in order by `fine_tune_and_export`:
-load the base bundle -> read the user's images (the scorer's own reading and normalisation) ->
+load the base bundle -> read the user's images (the scorer's own reading and normalization) ->
 hold out a seeded, stratified share -> mix the rest 1:REPLAY with replayed training images of
 the base's dataset (MNIST's training split; never another digit source) -> train the base's
 Keras model on the mix (augmented, cosine learning-rate decay) -> convert (float32, int8) ->

@@ -1,7 +1,7 @@
-"""The user's labelled images for fine-tuning, read and normalised by the scorer's own code.
+"""The user's labelled images for fine-tuning, read and normalized by the scorer's own code.
 
 Sources are what `digits-score` reads (folders named 0-9, zips, s3:// prefixes, a labels CSV),
-through `scorer.sources.iter_inputs`, and each image is normalised by
+through `scorer.sources.iter_inputs`, and each image is normalized by
 `scorer.images.normalize_many` with the base bundle's geometry: training sees exactly the pixels
 serving will see. The summary (counts, sources, one SHA-256 over every image's name, label and
 bytes) goes into the new bundle's lineage.
@@ -17,7 +17,7 @@ import numpy as np
 from scorer.images import BLANK_REASON, Geometry, normalize_many
 from scorer.sources import LabelMatcher, SourceStats, iter_inputs, read_labels_csv
 
-CHUNK = 256  # images normalised per call
+CHUNK = 256  # images normalized per call
 MIN_IMAGES = 10
 
 
@@ -38,7 +38,7 @@ class UserImages:
 
 def read_user_images(sources: list[str], labels_csv: str | None, classes: list[str],
                      geometry: Geometry) -> UserImages:
-    """Every labelled, readable, non-blank image of `sources`, normalised for `geometry`.
+    """Every labelled, readable, non-blank image of `sources`, normalized for `geometry`.
     Unlabelled, blank and unreadable images are counted, not used. Raises UserImagesError
     (or scorer.sources.SourceError for a source that does not exist)."""
     matcher = LabelMatcher(read_labels_csv(labels_csv, classes) if labels_csv else {})

@@ -3,7 +3,7 @@
 Pure functions over numpy + Pillow (no TensorFlow/SciPy: this runs in the light scorer).
 
 - ``decoding``: bytes -> float32 greyscale (Pillow, pixel-count guard, EXIF orientation);
-- ``steps``: the normalisation steps (polarity, background, contrast, crop, thicken, fit, place);
+- ``steps``: the normalization steps (polarity, background, contrast, crop, thicken, fit, place);
 - ``normalization``: one image through the steps; ``batch``: many at once, bit for bit the same;
 - ``prepare``: either, never raising: a model input or a one-line reason;
 - ``geometry``: the model's input canvas, as the bundle's manifest describes it.

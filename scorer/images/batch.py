@@ -1,4 +1,4 @@
-"""Normalise many images at once, bit for bit as ``normalize()`` does one by one.
+"""Normalize many images at once, bit for bit as ``normalize()`` does one by one.
 
 Folders of small images (MNIST's 28x28 PNGs) are the hot path, and on a 28x28 image each of
 normalize()'s ~40 numpy calls costs more in fixed overhead than in arithmetic. So decoded
@@ -84,7 +84,7 @@ def small_grey_png(data: bytes) -> tuple[int, int, bytes] | None:
 
 
 def normalize_many(blobs: Sequence[bytes], geometry: Geometry = MNIST_GEOMETRY) -> list[Prepared]:
-    """Normalise many images at once: (uint8 (h, w), "") or (None, one-line reason) per blob,
+    """Normalize many images at once: (uint8 (h, w), "") or (None, one-line reason) per blob,
     in order; identical to calling normalize() on each. Other exceptions propagate."""
     results: list[Prepared | None] = [None] * len(blobs)
     stacks: dict[tuple[int, int], list[tuple[int, bytes | np.ndarray]]] = {}
@@ -117,7 +117,7 @@ def normalize_many(blobs: Sequence[bytes], geometry: Geometry = MNIST_GEOMETRY) 
 
 def _add_to_stack(stacks: dict, shape: tuple[int, int], i: int, pixels: bytes | np.ndarray,
                   geometry: Geometry, results: list) -> None:
-    """Queue a small image with others of its shape; a full stack is normalised at once."""
+    """Queue a small image with others of its shape; a full stack is normalized at once."""
     pending = stacks.setdefault(shape, [])
     pending.append((i, pixels))
     if len(pending) == STACK:

@@ -1,4 +1,4 @@
-"""A time budget per image: decoding and normalising one input may take at most so long.
+"""A time budget per image: decoding and normalizing one input may take at most so long.
 
 Limits on pixels and bytes bound memory, not work: a file can be small and still cost
 minutes (e.g. a JPEG of many cheap scans). An interval timer interrupts the work on one image
@@ -28,7 +28,7 @@ class TooSlow(ImageError):
     """One image used up its time budget."""
 
     def __init__(self, seconds: float):
-        super().__init__(f"took too long: more than {seconds:g} s to decode and normalise "
+        super().__init__(f"took too long: more than {seconds:g} s to decode and normalize "
                          "(the time budget per image, --time-per-image)")
 
 

@@ -1,4 +1,4 @@
-"""Why an image cannot be scored: every normalisation step raises these, never anything else."""
+"""Why an image cannot be scored: every normalization step raises these, never anything else."""
 
 
 class ImageError(ValueError):

@@ -1,4 +1,4 @@
-"""The normalisation steps, each a pure function over float32 (H, W) arrays.
+"""The normalization steps, each a pure function over float32 (H, W) arrays.
 
 They mirror how MNIST was made: find the ink, scale it so its longest side is ``digit_box`` px,
 and place it on the canvas by its centre of mass (or bounding box). "Light ink" means ink >
@@ -173,7 +173,7 @@ def crop_with_extent(grey: np.ndarray, threshold: float = INK_THRESHOLD):
     Large images are thresholded after a light blur, so isolated specks do not count.
     Small ones are not blurred; their crop grows by up to 1 px to take in a faint
     antialiased rim (> FAINT_INK) that is not counted in the extent, so an already
-    normalised digit keeps its size and centre of mass. Raises BlankImageError if there is no ink.
+    normalized digit keeps its size and centre of mass. Raises BlankImageError if there is no ink.
     """
     small = max(grey.shape) <= SMALL_SIDE
     probe = grey if small else _blur(grey)

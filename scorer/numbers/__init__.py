@@ -3,7 +3,7 @@
 - ``field``: decode, set polarity, flatten light, stretch contrast, straighten, find the ink;
 - ``lines``: remove printed form lines (boxes, combs, underlines, ruled and squared paper);
 - ``components`` and ``runs``: connected pieces of ink (numpy only);
-- ``segments``: pieces -> atoms -> candidate digits, normalised as single digits are;
+- ``segments``: pieces -> atoms -> candidate digits, normalized as single digits are;
 - ``decode``: the cheapest reading by dynamic programming, within ``--length``;
 - ``reader``: one field end to end, split around the model so workers batch it;
 - ``length``: the ``--length`` bounds and a job's NumberMode.

@@ -2,7 +2,7 @@
 
 The field is brought to a working height first (small fields are enlarged, so that thin strokes
 survive line removal; tall ones reduced, so that work stays bounded), then the single-digit
-normaliser's own steps set polarity, flatten the lighting and stretch the contrast. A field
+normalizer's own steps set polarity, flatten the lighting and stretch the contrast. A field
 written or scanned at a slight angle is straightened (form lines and baselines then run along
 pixel rows, which line removal needs).
 """

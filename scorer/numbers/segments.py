@@ -4,7 +4,7 @@ candidate digits (runs of consecutive atoms) the classifier will score.
 Over-segment, then let recognition choose: a wide piece (touching digits) is sliced at the
 thinnest columns of its ink, broken digits are separate pieces, and every run of up to
 MAX_ATOMS neighbouring atoms that could be one digit becomes a candidate. Each candidate is
-normalised exactly as a single-digit image is (crop, thicken, 20 px box, centre of mass), so
+normalized exactly as a single-digit image is (crop, thicken, 20 px box, centre of mass), so
 the bundle sees what it was trained on.
 """
 
@@ -220,7 +220,7 @@ def cuts(piece: Piece, height: float) -> list[int]:
 
 def candidates(grey: np.ndarray, atoms: list[Atom], found: list[Piece], height: float,
                geometry: Geometry, lined: bool = False) -> Candidates:
-    """Every run of neighbouring atoms that could be one digit, normalised for the model.
+    """Every run of neighbouring atoms that could be one digit, normalized for the model.
     `lined`: form lines were removed, so thin straight slivers are likely what is left of them."""
     band = _text_band(found, height)
     width = digit_width(found, height)
@@ -328,7 +328,7 @@ def _skip_cost(atom: Atom, atoms: list[Atom], found: list[Piece], height: float,
 
 
 def _model_input(grey: np.ndarray, group: list[Atom], geometry: Geometry) -> np.ndarray | None:
-    """The group's own ink (not its neighbours'), normalised as a single digit is; None if
+    """The group's own ink (not its neighbours'), normalized as a single digit is; None if
     that leaves nothing to see."""
     x0, x1 = min(a.x0 for a in group), max(a.x1 for a in group)
     y0, y1 = min(a.y0 for a in group), max(a.y1 for a in group)

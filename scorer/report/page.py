@@ -115,7 +115,7 @@ def thumbnail_data_uri(image: np.ndarray) -> str:
 
 
 def _cell_style(value: float, diagonal: bool) -> str:
-    """Background shade for a confusion-matrix cell; value is the row-normalised share, 0..1."""
+    """Background shade for a confusion-matrix cell; value is the row-normalized share, 0..1."""
     if value <= 0:
         return ""
     hue = "var(--ok)" if diagonal else "var(--err)"
