@@ -105,12 +105,15 @@ class Tally:
         return EXIT_SOME_FAILED if self.failed else EXIT_OK
 
     def summary_line(self, skipped: int) -> str:
-        """One line for people: counts, speed and, with labels, accuracy."""
+        """One line for people: counts, speed (unless nothing was scored: the time then went
+        on refusing inputs) and, with labels, accuracy."""
         verb, unit = ("read", "fields") if self.fields else ("scored", "images")
         scored = f"{verb} {self.scored}" + (f" ({self.review} for review)" if self.review
                                              else "")
         parts = [scored, f"blank {self.blank}", f"failed {self.failed}",
-                 f"skipped {skipped} (not images)", f"{self.rounded_rate:,.0f} {unit}/s"]
+                 f"skipped {skipped} (not images)"]
+        if self.scored:
+            parts.append(f"{self.rounded_rate:,.0f} {unit}/s")
         if self.labelled:
             parts.append(f"{'exact' if self.fields else 'accuracy'} "
                          f"{self.correct / self.labelled:.2%} on {self.labelled} labelled")

@@ -93,6 +93,13 @@ def test_only_unreadable_inputs_make_the_exit_code_3():
     assert tally_of([row(), row("error")]).exit_code == EXIT_SOME_FAILED
 
 
+def test_no_speed_is_quoted_when_nothing_was_scored():
+    """Refusing broken or blank inputs is quick: a rate of them would read as scoring speed."""
+    line = tally_of([row("error"), row("blank")]).summary_line(skipped=1)
+    assert line == "scored 0, blank 1, failed 1, skipped 1 (not images)"
+    assert "images/s" in tally_of([row(), row("error")]).summary_line(skipped=0)
+
+
 def test_a_tally_without_labels_has_no_accuracy():
     tally = tally_of([row(), row("blank")])
     assert tally.accuracy is None and not tally.any_label

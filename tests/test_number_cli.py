@@ -25,7 +25,7 @@ HEADER = ["source", "prediction", "confidence", "status", "error", "label", "dig
 BLANK_ERROR = "blank image: no ink found"
 FAILURE_DIR = Path("/tmp/number_reader_failures")
 SUMMARY = re.compile(r"read (\d+)(?: \((\d+) for review\))?, blank (\d+), failed (\d+), "
-                     r"skipped (\d+) \(not images\), ([\d,.]+) fields/s(?:, exact "
+                     r"skipped (\d+) \(not images\)(?:, ([\d,.]+) fields/s)?(?:, exact "
                      r"([\d.]+)% on (\d+) labelled)?")
 
 
