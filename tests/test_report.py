@@ -203,6 +203,8 @@ def files_and_inputs():
         "threads": np.int64(4),
         "timestamp": "2025-01-01T00:00:00Z",
         "note": "<b>bold</b>",
+        "sources": ["scans/", "s3://bucket/more/"],
+        "min_confidence": None,
     }
     files = report_files(
         metrics,
@@ -237,6 +239,8 @@ def test_report_json_matches_metrics(files_and_inputs):
         "threads": 4,
         "timestamp": "2025-01-01T00:00:00Z",
         "note": "<b>bold</b>",
+        "sources": ["scans/", "s3://bucket/more/"],
+        "min_confidence": None,
     }
 
 
@@ -291,6 +295,9 @@ def test_html_content(files_and_inputs):
     assert ">predicted<" in html and ">true<" in html
     for key in ("macro avg", "weighted avg", "images/s", "812.5"):
         assert key in html
+    # The Run card reads as text: a list as its items, no value as "not set" (not JSON).
+    assert "<th>sources</th><td>scans/, s3://bucket/more/</td>" in html
+    assert "<th>min_confidence</th><td>not set</td>" in html and "null" not in html
     # Every confusion-matrix count appears as a cell.
     cells = [int(c) for c in re.findall(r'<td title="true [^"]*"[^>]*>(\d+)</td>', html)]
     assert cells == [c for row in metrics["confusion_matrix"] for c in row]

@@ -220,8 +220,14 @@ def _coverage_plot(curve: list[list[float]], w: int = 320, h: int = 200, pad: in
 
 def _kv_table(run: dict) -> str:
     def text(v) -> str:
+        """A value as a person reads it: a list as its items, no value as "not set"
+        (report.json keeps the JSON)."""
         if isinstance(v, np.generic):  # numpy scalars (e.g. a float32 rate) print as numbers
             v = v.item()
+        if v is None:
+            return "not set"
+        if isinstance(v, list | tuple):
+            return ", ".join(text(item) for item in v)
         return v if isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False)
 
     rows = "".join(
