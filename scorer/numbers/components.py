@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scorer.numbers.runs import row_runs
+from scorer.numbers.runs import paint_runs, row_runs
 
 
 class Piece(NamedTuple):
@@ -55,8 +55,8 @@ def pieces(ink: np.ndarray, most: int | None = None) -> list[Piece]:
 def _run_labels(rows: np.ndarray, starts: np.ndarray, stops: np.ndarray, height: int
                 ) -> np.ndarray:
     """One label per run, equal for runs that touch (8-connected), without a Python loop per
-    run: the touching pairs of consecutive rows, then the smallest index propagated along them
-    (with pointer jumping) until nothing changes."""
+    run: the touching pairs of consecutive rows, then union-find on arrays (hooking and pointer
+    jumping) until every pair has one label."""
     first = np.searchsorted(rows, np.arange(height + 1))
     above_first = np.where(rows > 0, first[np.maximum(rows - 1, 0)], first[rows])
     above_stop = first[rows]
@@ -70,23 +70,24 @@ def _run_labels(rows: np.ndarray, starts: np.ndarray, stops: np.ndarray, height:
     counts = np.maximum(hi - lo, 0)
     i = np.repeat(np.arange(rows.size), counts)
     j = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+    # Every label is a root (labels[r] == r, the smallest index of its tree) at the top of the
+    # loop: the larger root of each touching pair is hooked under the smaller, then paths are
+    # flattened. Far fewer rounds than spreading labels one step a round, and the same
+    # answer: the smallest run index of each piece.
     labels = np.arange(rows.size)
     while True:
-        before = labels.copy()
-        low = np.minimum(labels[i], labels[j])
-        np.minimum.at(labels, i, low)
-        np.minimum.at(labels, j, low)
-        labels = labels[labels]
-        if np.array_equal(labels, before):
+        a, b = labels[i], labels[j]
+        if np.array_equal(a, b):
             return labels
+        np.minimum.at(labels, np.maximum(a, b), np.minimum(a, b))
+        while not np.array_equal(labels, flat := labels[labels]):
+            labels = flat
 
 
 def _piece(rows: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> Piece:
     y0, y1, x0, x1 = int(rows.min()), int(rows.max()) + 1, int(starts.min()), int(stops.max())
-    mask = np.zeros((y1 - y0, x1 - x0 + 1), np.int8)
-    np.add.at(mask, (rows - y0, starts - x0), 1)
-    np.add.at(mask, (rows - y0, stops - x0), -1)
-    return Piece(y0, x0, y1, x1, int((stops - starts).sum()), np.cumsum(mask, 1)[:, :-1] > 0)
+    mask = paint_runs((y1 - y0, x1 - x0), rows - y0, starts - x0, stops - x0)
+    return Piece(y0, x0, y1, x1, int((stops - starts).sum()), mask)
 
 
 def merge(a: Piece, b: Piece) -> Piece:

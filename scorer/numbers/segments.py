@@ -163,23 +163,29 @@ def cut_paths(mask: np.ndarray, starts: list[int], drift: int) -> list[np.ndarra
     columns = np.clip(np.array(starts)[:, None] + offsets[None, :], 0, w - 1)  # (cuts, window)
     ink = mask[:, columns].astype(np.float32)  # (h, cuts, window)
     ink += PATH_PULL * np.abs(offsets)[None, None, :]  # keep near the chosen column
-    total = ink[0].copy()
-    steps = np.zeros((h, *total.shape), np.int8)
+    # totals[y]: the cheapest path down to each column of row y, inf either side (no way out
+    # of the window). Only the sums run row by row; where each step came from is worked out
+    # for all rows at once afterwards.
+    totals = np.full((h, len(starts), offsets.size + 2), np.inf, np.float32)
+    totals[0, :, 1:-1] = ink[0]
     for y in range(1, h):
-        left = np.empty_like(total)
-        left[:, 0], left[:, 1:] = np.inf, total[:, :-1] + PATH_STEP
-        right = np.empty_like(total)
-        right[:, -1], right[:, :-1] = np.inf, total[:, 1:] + PATH_STEP
-        step = steps[y]
-        from_left, from_right = left < total, right < np.minimum(left, total)
-        step[from_left], step[from_right] = -1, 1
-        total = np.minimum(np.minimum(left, right), total) + ink[y]
-    position = total.argmin(1)
-    path = np.zeros((h, len(starts)), int)
-    rows = np.arange(len(starts))
+        above = totals[y - 1]
+        # rounding is monotonic: min(a, b) + step == min(a + step, b + step), bit for bit
+        side = np.minimum(above[:, :-2], above[:, 2:])
+        side += PATH_STEP
+        np.add(np.minimum(side, above[:, 1:-1], out=side), ink[y], out=totals[y, :, 1:-1])
+    above = totals[:-1]
+    left, right, straight = above[..., :-2] + PATH_STEP, above[..., 2:] + PATH_STEP, \
+        above[..., 1:-1]
+    steps = np.zeros((h, *ink.shape[1:]), np.int8)  # ties: straight down, then the left
+    steps[1:] = np.where(right < np.minimum(left, straight), 1, np.where(left < straight, -1, 0))
+    position = totals[-1, :, 1:-1].argmin(1).tolist()
+    came = steps.tolist()  # walked back up in Python: a few cuts a row, numpy costs more
+    trail = []
     for y in range(h - 1, -1, -1):
-        path[y] = columns[rows, position]
-        position = position + steps[y, rows, position]
+        trail.append(position)
+        position = [p + came[y][k][p] for k, p in enumerate(position)]
+    path = columns[np.arange(len(starts)), np.array(trail[::-1])]  # (h, cuts)
     paths = [path[:, k] for k in range(len(starts))]
     for k in range(1, len(paths)):
         paths[k] = np.maximum(paths[k], paths[k - 1])
