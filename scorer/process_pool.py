@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.process import BaseProcess
+
+# Whether a task given to the pool may be cancelled while the pool runs. Before 3.12, when a
+# worker dies the pool's manager thread fails every waiting task with set_exception(), which
+# raises InvalidStateError for a task cancelled meanwhile: the thread dies with a traceback,
+# and the process can hang at exit on the pool's queues (CPython gh-107219, fixed in 3.12).
+CANCEL_IS_SAFE = sys.version_info >= (3, 12)
 
 
 def start_pool(processes: int, initializer: Callable, initargs: tuple

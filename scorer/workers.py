@@ -47,7 +47,7 @@ from scorer.numbers import (
     read_cut,
 )
 from scorer.numbers.field import DECODE_SIDE
-from scorer.process_pool import a_worker_died, kill_pool, start_pool
+from scorer.process_pool import CANCEL_IS_SAFE, a_worker_died, kill_pool, start_pool
 from scorer.sources import Input, load
 
 WORKER_DIED = "worker died while decoding (killed twice, e.g. out of memory)"
@@ -347,7 +347,10 @@ class ScoringPool:
     def _take_back(self) -> Chunk | None:
         """A chunk given to the pool that no worker has started (the newest), taken back: at the
         end of a job this process scores it instead of waiting for the pool to. Not a chunk
-        handed over for its large image (`head`): that one is for a worker."""
+        handed over for its large image (`head`): that one is for a worker. Only where the
+        pool survives a cancelled task (CANCEL_IS_SAFE): elsewhere this process waits."""
+        if not CANCEL_IS_SAFE:
+            return None
         for chunk in reversed(self.given):
             if chunk.head is None and chunk.future.cancel():
                 self.given.remove(chunk)

@@ -234,6 +234,49 @@ def test_the_main_process_scores_chunks_no_worker_has_started(bundle, mnist_test
     assert alone.executor is None  # one worker: everything in this process
 
 
+def test_a_worker_killed_after_a_chunk_was_taken_back_leaves_every_row(bundle,
+                                                                       mnist_test_images):
+    """A chunk the main process takes back from the pool (it cancels the chunk's task), then a
+    worker killed: every row comes back, and no thread of the pool dies (CPython 3.11's pool
+    thread raised InvalidStateError on the cancelled task and died with a traceback)."""
+    import os
+    import signal
+    import threading
+    import time
+    from concurrent.futures import wait
+
+    from scorer.costs import input_cost
+    from scorer.process_pool import CANCEL_IS_SAFE, workers_of
+    from scorer.workers import ScoringPool
+
+    x, _ = mnist_test_images
+    slow = [Input(f"ring{i}.png", ring_png(), None, None) for i in range(8)]  # a chunk each
+    died: list[BaseException] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: died.append(args.exc_value)
+    pool = ScoringPool(bundle, workers=2, batch_size=8)
+    pool.CHUNKS_PER_WORKER = 8  # all in the pool: some wait there, not started
+    try:
+        chunks = pool.submit(slow, [input_cost(item) for item in slow], use_pool=True)
+        given = [chunk.future for chunk in chunks]
+        wait(given[:1], timeout=0)
+        deadline = time.monotonic() + 30
+        while not given[0].running() and time.monotonic() < deadline:  # the worker has begun
+            time.sleep(0.01)
+        taken = pool._take_back()  # the newest chunk, not started: its task is cancelled
+        assert (taken is not None) == CANCEL_IS_SAFE
+        os.kill(workers_of(pool.executor)[0].pid, signal.SIGKILL)
+        wait([f for f in given if not f.cancelled()], timeout=10)  # the pool fails them all
+        if taken is not None:
+            pool._score_here(taken)
+        result = pool.collect(chunks)
+    finally:
+        pool.close()
+        threading.excepthook = hook
+    assert died == []
+    assert len(result.reasons) == len(slow)
+    assert all(reason == "" for reason in result.reasons), result.reasons
+
+
 def test_a_large_image_met_by_the_main_process_is_decoded_by_a_worker(bundle, mnist_test_images):
     """Two large images keep the one pool worker busy; the chunk after them is scored here, and
     its large image goes to the worker (where running out of memory only costs a worker)."""
