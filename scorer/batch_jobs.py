@@ -377,8 +377,8 @@ def rows_without_label(body: bytes) -> Iterator[bytes]:
     yield piece.getvalue().encode("utf-8")
 
 
-def merged_report_files(bucket: str, parts: list[dict], bundle: Bundle, source: str, config: Config,
-                 tally: Tally) -> dict[str, bytes]:
+def merged_report_files(bucket: str, parts: list[dict], bundle: Bundle, source: str,
+                        config: Config, tally: Tally) -> dict[str, bytes]:
     """The report a prefix job would write (the digit or the number report, as `tally.fields`
     says), from the parts' labelled values (in row order), with the same code (`build_report`)."""
     y_true, y_pred, confidence = _unpack_labelled(parts, tally.fields)

@@ -28,7 +28,8 @@ def start_pool(processes: int, initializer: Callable, initargs: tuple
                ) -> ProcessPoolExecutor | None:
     """A pool of `processes` workers, forked where the system can (they start in milliseconds
     and inherit the imported modules); None where processes cannot be pooled (AWS Lambda has
-    no /dev/shm). `initargs` is called with a lock shared by the workers as its last item."""
+    no /dev/shm). Each worker runs `initializer(*initargs, lock)`, the lock shared by all the
+    workers of this pool."""
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     try:

@@ -4,7 +4,7 @@ survive a worker that dies.
 `--workers N` means N processes score: this one and N - 1 pool workers, each with its own TFLite
 interpreter. Chunks go to the pool; when this process would wait for a result, it takes the
 next chunk no worker has started and scores it itself, so no core idles and none is shared by
-two busy processes. Chunks (chunks) are cut by what their inputs cost (``scorer.costs``), not
+two busy processes. Chunks are cut by what their inputs cost (``scorer.costs``), not
 by how many they are, so a few hundred photos are shared as evenly as 30,000 small PNGs.
 A chunk is read in groups of at most GROUP_BYTES, and a large image is always decoded in a
 worker, one at a time across all workers, so memory stays bounded however many workers there
@@ -383,7 +383,7 @@ class ScoringPool:
         """Block until a chunk given to the pool finishes: True, or False if a worker died."""
         futures = [chunk.future for chunk in self.given]
         while futures and not wait(futures, self.POLL_SECONDS, FIRST_COMPLETED)[0]:
-            if self._a_worker_died():
+            if a_worker_died(self.executor):
                 return False
         return True
 
@@ -404,7 +404,7 @@ class ScoringPool:
             try:
                 return future.result(timeout=self.POLL_SECONDS)
             except FutureTimeout:
-                if generation != self.generation or self._a_worker_died():
+                if generation != self.generation or a_worker_died(self.executor):
                     raise BrokenProcessPool("a worker process died") from None
 
     def _run_alone(self, item: Input) -> Classified:
@@ -449,9 +449,6 @@ class ScoringPool:
             self._discard_pool()
             self._start_pool()
             return self.executor.submit(task, argument)
-
-    def _a_worker_died(self) -> bool:
-        return a_worker_died(self.executor)
 
     def _discard_pool(self) -> Callable[[float], None]:
         """Stop a broken pool without waiting for it; returns its `reap` (see kill_pool)."""
