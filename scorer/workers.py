@@ -109,21 +109,24 @@ class Classified(NamedTuple):
 
 def score_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
                 numbers: NumberMode | None, large: Callable | None = None,
-                stop_at_large: bool = False) -> Classified:
-    """classify_chunk for digits, read_chunk for number fields (`large`, `stop_at_large`: see
-    there)."""
+                stop_at_large: bool = False, field_reader: Classifier | None = None
+                ) -> Classified:
+    """classify_chunk for digits, read_chunk for number fields (`large`, `stop_at_large`,
+    `field_reader`: see there)."""
     if numbers is None:
         return classify_chunk(items, geometry, classifier, large, stop_at_large)
-    return read_chunk(items, geometry, classifier, numbers, large, stop_at_large)
+    return read_chunk(items, geometry, classifier, numbers, large, stop_at_large, field_reader)
 
 
 def read_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
                numbers: NumberMode, cut_large: Callable[[bytes], PreparedField] | None = None,
-               stop_at_large: bool = False) -> Classified:
+               stop_at_large: bool = False, field_reader: Classifier | None = None
+               ) -> Classified:
     """Read a chunk of number fields: cut each into candidate digits, classify every
-    candidate of the chunk in one model invocation, then choose each field's reading. Fields
-    are cut one at a time, so a chunk holds one decoded image at a time; a large one is cut by
-    `cut_large` (see classify_chunk, also for `stop_at_large`)."""
+    candidate of the chunk in one model invocation, read every field's line with the
+    `field_reader` (the bundle's sequence model, if it has one) in another, then choose each
+    field's reading. Fields are cut one at a time, so a chunk holds one decoded image at a
+    time; a large one is cut by `cut_large` (see classify_chunk, also for `stop_at_large`)."""
     cuts: list[FieldCut] = []
     reasons: list[str] = []
     for item in items:
@@ -141,10 +144,12 @@ def read_chunk(items: list[Input], geometry: Geometry, classifier: Classifier,
             cuts.append(cut)
     images = [cut.found.images for cut in cuts]
     probabilities = classifier.predict(np.concatenate(images)) if cuts else None
+    lines = field_reader.predict(np.stack([cut.line.pixels for cut in cuts])) \
+        if cuts and field_reader is not None else [None] * len(cuts)
     readings, start = [], 0
-    for cut in cuts:
+    for cut, line in zip(cuts, lines, strict=True):
         stop = start + len(cut.found.images)
-        readings.append(read_cut(cut, probabilities[start:stop], numbers.length))
+        readings.append(read_cut(cut, probabilities[start:stop], numbers.length, line))
         start = stop
     return Classified(reasons, no_images(geometry), np.zeros((0, classifier.classes), np.float32),
                       readings)
@@ -212,8 +217,8 @@ def die_with_parent() -> None:
 _worker: dict = {}  # per worker process: its geometry, its own TFLite interpreter, the gate
 
 
-def _init_worker(model_content: bytes, geometry: Geometry, numbers: NumberMode | None,
-                 seconds: float, large_decode_gate) -> None:
+def _init_worker(model_content: bytes, field_reader: bytes | None, geometry: Geometry,
+                 numbers: NumberMode | None, seconds: float, large_decode_gate) -> None:
     # Forked from the CLI, a worker inherits its SIGTERM handler; the pool's owner decides.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
@@ -221,12 +226,13 @@ def _init_worker(model_content: bytes, geometry: Geometry, numbers: NumberMode |
     _worker["geometry"] = geometry
     _worker["numbers"] = numbers
     _worker["classifier"] = Classifier(model_content, num_threads=1)
+    _worker["field_reader"] = field_reader and Classifier(field_reader, num_threads=1)
     _worker["gate"] = large_decode_gate
 
 
 def _classify_in_worker(items: list[Input]) -> Classified:
     return score_chunk(items, _worker["geometry"], _worker["classifier"], _worker["numbers"],
-                       _prepare_large_in_worker)
+                       _prepare_large_in_worker, field_reader=_worker["field_reader"])
 
 
 def _prepare_large_in_worker(data: bytes) -> Prepared | PreparedField:
@@ -284,7 +290,9 @@ class ScoringPool:
         self.geometry = bundle.geometry
         self.n_classes = len(bundle.labels)
         self.model_content = bundle.model_bytes()
+        self.field_reader_content = bundle.field_reader_bytes() if numbers else None
         self.classifier: Classifier | None = None  # this process's, made when first needed
+        self.field_reader: Classifier | None = None  # likewise, in number mode
         self.workers = max(1, workers)
         self.most_per_chunk = max(1, min(self.CHUNK, batch_size))
         self.executor: ProcessPoolExecutor | None = None
@@ -310,8 +318,7 @@ class ScoringPool:
         self.chunks_here += 1
         # Large images go to a worker whatever the window: they are what may exhaust memory.
         large = self._prepare_large_in_pool if self.workers > 1 else None
-        return [Chunk(items, score_chunk(items, self.geometry, self._classifier(),
-                                        self.numbers, large))]
+        return [Chunk(items, self._score(items, large))]
 
     def collect(self, chunks: list[Chunk]) -> Classified:
         """The chunks' results in order. Instead of waiting for the pool, score the oldest
@@ -368,8 +375,7 @@ class ScoringPool:
         the chunk go to a worker (decoding it is what may exhaust memory), and this process
         goes on with other chunks instead of waiting for it."""
         pool = self._start_pool()
-        result = score_chunk(chunk.items, self.geometry, self._classifier(), self.numbers,
-                             stop_at_large=pool)
+        result = self._score(chunk.items, stop_at_large=pool)
         self.chunks_here += 1
         done = len(result.reasons)
         if done == len(chunk.items):
@@ -411,7 +417,7 @@ class ScoringPool:
         """Run one input of a lost chunk in a task of its own: if its worker dies again, the
         input is the cause and becomes an error row."""
         if not self._start_pool():
-            return score_chunk([item], self.geometry, self._classifier(), self.numbers)
+            return self._score([item])
         result = self._in_own_task(_classify_in_worker, [item])
         return self._nothing([WORKER_DIED]) if result is None else result
 
@@ -437,10 +443,15 @@ class ScoringPool:
             self._discard_pool()
             return None
 
-    def _classifier(self) -> Classifier:
+    def _score(self, items: list[Input], large: Callable | None = None,
+               stop_at_large: bool = False) -> Classified:
+        """score_chunk in this process, with its own interpreters (made when first needed)."""
         if self.classifier is None:
             self.classifier = Classifier(self.model_content, num_threads=1)
-        return self.classifier
+            if self.field_reader_content is not None:
+                self.field_reader = Classifier(self.field_reader_content, num_threads=1)
+        return score_chunk(items, self.geometry, self.classifier, self.numbers, large,
+                           stop_at_large, self.field_reader)
 
     def _submit(self, task: Callable, argument) -> Future:
         try:
@@ -462,7 +473,8 @@ class ScoringPool:
             # The lock lets one large image be decoded at a time across the workers; a new
             # pool gets a new one, in case a killed worker held the old.
             self.executor = start_pool(self.workers - 1, _init_worker,
-                                       (self.model_content, self.geometry, self.numbers,
+                                       (self.model_content, self.field_reader_content,
+                                        self.geometry, self.numbers,
                                         seconds_per_image()))
             if self.executor is None:  # no /dev/shm (AWS Lambda): work in this process
                 self.workers = 1

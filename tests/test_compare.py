@@ -95,7 +95,8 @@ def test_sections_go_inside_the_page_before_the_confusion_matrix():
 def weak_bundle(tmp_path_factory, mnist):
     """A second, weaker MNIST bundle (same geometry): a challenger that disagrees often."""
     return train_bundle(tmp_path_factory.mktemp("bundles") / "weak", "--dataset", "mnist",
-                        "--limit", "2000", "--epochs", "1", "--hidden", "16", "--no-augment")
+                        "--limit", "2000", "--epochs", "1", "--hidden", "16", "--no-augment",
+                        "--field-reader-epochs", "0")
 
 
 @pytest.fixture(scope="module")

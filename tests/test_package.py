@@ -168,14 +168,15 @@ def test_allowed_packages_pass():
 
 
 def test_bundle_files_take_what_the_scorer_needs(tmp_path):
-    for name in ("model.tflite", "model_float32.tflite", "manifest.json", "metrics.json",
-                 "model.keras", "report.html"):
+    for name in ("model.tflite", "model_float32.tflite", "field_reader.tflite", "manifest.json",
+                 "metrics.json", "model.keras", "report.html"):
         touch(tmp_path / name)
     files = pl.bundle_files(tmp_path)
-    assert sorted(files) == ["model/manifest.json", "model/metrics.json",
-                             "model/model.tflite", "model/model_float32.tflite"]
-    (tmp_path / "metrics.json").unlink()
-    (tmp_path / "model_float32.tflite").unlink()
+    assert sorted(files) == ["model/field_reader.tflite", "model/manifest.json",
+                             "model/metrics.json", "model/model.tflite",
+                             "model/model_float32.tflite"]
+    for name in ("metrics.json", "model_float32.tflite", "field_reader.tflite"):
+        (tmp_path / name).unlink()
     assert sorted(pl.bundle_files(tmp_path)) == ["model/manifest.json", "model/model.tflite"]
     (tmp_path / "model.tflite").unlink()
     with pytest.raises(pl.BuildError, match="model.tflite"):

@@ -101,10 +101,11 @@ PRUNE_DIR_NAMES: tuple[tuple[str, str, str], ...] = (
     ("", "__pycache__", "byte code"),
 )
 
-# The model bundle files the scorer needs. model.keras (training format, needs TensorFlow) and
+# The model bundle files the scorer needs (field_reader.tflite: when the bundle has one, which
+# load_bundle then requires). model.keras (training format, needs TensorFlow) and
 # the reports are left out of the zip.
 BUNDLE_REQUIRED: tuple[str, ...] = ("model.tflite", "manifest.json")
-BUNDLE_OPTIONAL: tuple[str, ...] = ("model_float32.tflite", "metrics.json")
+BUNDLE_OPTIONAL: tuple[str, ...] = ("model_float32.tflite", "field_reader.tflite", "metrics.json")
 BUNDLE_ARCNAME = "model"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest timestamp a zip can hold
 

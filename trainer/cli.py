@@ -9,11 +9,12 @@ from pathlib import Path
 import click
 
 from trainer import __version__
-from trainer.recipes import FINETUNE_DEFAULTS, describe
+from trainer.recipes import FIELD_READER_DEFAULTS, FINETUNE_DEFAULTS, describe
 
 TRAIN_BATCH = 128
 # Options that shape a model from scratch: a fine-tuned bundle keeps its base's.
-FROM_SCRATCH_ONLY = ("dataset", "arch", "hidden", "dropout", "limit", "patience")
+FROM_SCRATCH_ONLY = ("dataset", "arch", "hidden", "dropout", "limit", "patience",
+                     "field_reader_epochs", "field_reader_fields")
 
 
 def parse_hidden(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
@@ -66,6 +67,13 @@ def parse_hidden(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
                    "model). --no-augment trains on the plain images.")
 @click.option("--limit", type=click.IntRange(10, None), default=None,
               help="Train on at most this many images (quick runs and tests).")
+@click.option("--field-reader-epochs", type=click.IntRange(0, 1000), default=None,
+              help=f"Epochs of the field reader for number fields (MNIST; default "
+                   f"{FIELD_READER_DEFAULTS['epochs']}; 0: none, fields are then read by "
+                   "cutting alone).")
+@click.option("--field-reader-fields", type=click.IntRange(100, 10_000_000), default=None,
+              help=f"Fields composed from the training digits to train it on (default "
+                   f"{FIELD_READER_DEFAULTS['fields']:,}).")
 @click.option("--base", default=None, metavar="BUNDLE",
               help="Fine-tune this bundle on --images instead of training from scratch "
                    "(docs/fine-tuning.md). Needs --images and --out.")
@@ -139,7 +147,7 @@ def check_finetune_options(ctx: click.Context, options: dict) -> None:
     for name in FROM_SCRATCH_ONLY:
         if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
             raise click.UsageError(f"--{name} does not apply to --base: a fine-tuned bundle "
-                                   "keeps its base's model and dataset")
+                                   "keeps its base's model, field reader and dataset")
 
 
 def fine_tune(options: dict) -> None:

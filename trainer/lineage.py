@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from scorer.bundle import Bundle, Manifest
+from scorer.bundle.manifest import FIELD_READER
 from scorer.files import sha256_file
 from trainer import augment, data, train
 from trainer.user_images import UserImages, per_class
@@ -58,12 +59,16 @@ def manifest(settings, base: Bundle, dataset: data.Dataset, replay, metrics: dic
         classes=base.manifest.classes, geometry=base.geometry,
         input_shape=base.manifest.input_shape,
         models={"int8": "model.tflite", "float32": "model_float32.tflite",
-                "keras": "model.keras"},
+                "keras": "model.keras",
+                **({FIELD_READER: train.FIELD_READER_FILE}
+                   if FIELD_READER in base.manifest.models else {})},
         dataset={"name": dataset.name, "source": dataset.source,
                  "train_samples": len(replay.y_user) + replay.per_epoch,  # per epoch
                  "test_samples": len(dataset.y_test), "user_samples": len(replay.y_user),
                  "replayed_per_epoch": replay.per_epoch},
         training={**recipe, "fine_tuned": True, **lineage["settings"],
+                  **({"field_reader": base.manifest.training["field_reader"]}
+                     if "field_reader" in base.manifest.training else {}),
                   "augmentation": augment.recipe() if settings.augment else None},
         versions=train.versions(),
         metrics={"int8_accuracy": metrics["models"]["tflite_int8"]["accuracy"],

@@ -25,11 +25,13 @@ import tensorflow as tf
 
 from scorer import report
 from scorer.bundle import Manifest, write_bundle
+from scorer.bundle.manifest import FIELD_READER
 from scorer.images import DIGITS_8X8_GEOMETRY, MNIST_GEOMETRY
-from trainer import augment, data, edge, epochs, export, plots
+from trainer import augment, data, edge, epochs, export, field_reader, plots
 from trainer.model import build_model
-from trainer.recipes import ARCH_DEFAULTS, TUNABLES
+from trainer.recipes import ARCH_DEFAULTS, FIELD_READER_DEFAULTS, TUNABLES
 
+FIELD_READER_FILE = "field_reader.tflite"
 VALIDATION_FRACTION = 0.1
 PREFETCH_BATCHES = 8
 FINAL_LEARNING_RATE_FRACTION = 0.01  # cosine decay from the initial rate to 1 % of it
@@ -50,6 +52,10 @@ class Settings:
     seed: int = 42
     augment: bool = True
     limit: int | None = None
+    # The field reader for number fields (MNIST bundles only; 0 epochs: none, fields are then
+    # read by cutting alone): composed fields and epochs, trainer.field_reader.DEFAULTS if None.
+    field_reader_fields: int | None = None
+    field_reader_epochs: int | None = None
     overwrite: bool = False  # replace --out even if it is not a bundle (see check_target)
 
     def with_arch_defaults(self) -> Settings:
@@ -82,10 +88,27 @@ def train_and_export(settings: Settings) -> dict:
         "tflite_int8": export.to_tflite_int8(model, dataset.x_train, settings.seed),
     }
     evaluation = evaluate(model, tflite, dataset)
+    reader, reader_facts = train_field_reader(settings, dataset)
+    if reader is not None:
+        tflite["field_reader"] = reader
     metrics = metrics_json(dataset, evaluation, tflite, history, time.perf_counter() - started)
-    export_bundle(settings, dataset, model, tflite, evaluation, history, metrics)
+    if reader_facts:
+        metrics["field_reader"] = reader_facts
+    export_bundle(settings, dataset, model, tflite, evaluation, history, metrics, reader_facts)
     print_summary(settings, metrics)
     return metrics
+
+
+def train_field_reader(settings: Settings, dataset: data.Dataset) -> tuple[bytes | None, dict]:
+    """The field reader's int8 model and its facts, trained on the same training digits; (None,
+    {}) for 8x8 digits or when its epochs are 0."""
+    epochs = FIELD_READER_DEFAULTS["epochs"] if settings.field_reader_epochs is None \
+        else settings.field_reader_epochs
+    if dataset.name != "mnist" or epochs == 0:
+        return None, {}
+    fields = settings.field_reader_fields or FIELD_READER_DEFAULTS["fields"]
+    return field_reader.train_field_reader(dataset.x_train, dataset.y_train, fields=fields,
+                                           epochs=epochs, seed=settings.seed)
 
 
 def prepare_data(settings: Settings) -> data.Dataset:
@@ -195,10 +218,11 @@ def metrics_json(dataset: data.Dataset, evaluation: Evaluation, tflite: dict[str
 
 def export_bundle(settings: Settings, dataset: data.Dataset, model: keras.Model,
                  tflite: dict[str, bytes], evaluation: Evaluation, history: dict,
-                 metrics: dict) -> None:
+                 metrics: dict, reader_facts: dict) -> None:
     facts = edge_facts(tflite["tflite_int8"])
     files = bundle_files(dataset, model, tflite, evaluation, history, metrics, facts)
-    write_bundle(Path(settings.out), files, manifest(settings, dataset, metrics, facts),
+    write_bundle(Path(settings.out), files,
+                 manifest(settings, dataset, metrics, facts, reader_facts),
                  overwrite=settings.overwrite)
     print(f"bundle written to {settings.out}/ ({len(files) + 1} files)")
 
@@ -221,6 +245,7 @@ def bundle_files(dataset: data.Dataset, model: keras.Model, tflite: dict[str, by
         "metrics.json": (json.dumps(metrics, indent=2) + "\n").encode(),
         "training_history.json": (json.dumps(history, indent=2) + "\n").encode(),
         **training_report_files(dataset, evaluation, history, metrics),
+        **({FIELD_READER_FILE: tflite["field_reader"]} if "field_reader" in tflite else {}),
     }
 
 
@@ -260,18 +285,21 @@ def keras_bytes(model: keras.Model) -> bytes:
         return path.read_bytes()
 
 
-def manifest(settings: Settings, dataset: data.Dataset, metrics: dict, facts: dict) -> Manifest:
+def manifest(settings: Settings, dataset: data.Dataset, metrics: dict, facts: dict,
+             reader_facts: dict) -> Manifest:
     """The bundle's manifest; the writer adds every file's hash."""
     return Manifest(
         classes=tuple(dataset.classes),
         geometry=MNIST_GEOMETRY if dataset.name == "mnist" else DIGITS_8X8_GEOMETRY,
         input_shape=tuple(dataset.x_train.shape[1:]),
         models={"int8": "model.tflite", "float32": "model_float32.tflite",
-                "keras": "model.keras"},
+                "keras": "model.keras", **({FIELD_READER: FIELD_READER_FILE} if reader_facts
+                                           else {})},
         dataset={"name": dataset.name, "source": dataset.source,
                  "train_samples": len(dataset.x_train), "test_samples": len(dataset.x_test)},
         training={**asdict(settings), "hidden": list(settings.hidden),
-                  "augmentation": augment.recipe() if settings.augment else None},
+                  "augmentation": augment.recipe() if settings.augment else None,
+                  **({"field_reader": reader_facts} if reader_facts else {})},
         versions=versions(),
         metrics={"int8_accuracy": metrics["models"]["tflite_int8"]["accuracy"],
                  "keras_accuracy": metrics["models"]["keras"]["accuracy"]},

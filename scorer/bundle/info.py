@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from scorer.bundle.loading import Bundle
+from scorer.bundle.manifest import FIELD_READER
 from scorer.files import sha256_file
 
 
@@ -20,6 +21,7 @@ def describe(bundle: Bundle) -> str:
         ("manifest sha256", sha256_file(bundle.path / "manifest.json")),
         ("created", m.created or "?"),
         ("model", f"{bundle.model_file}, {model.bytes or 0:,} bytes, sha256 {model.sha256}"),
+        ("field reader", field_reader(bundle)),
         ("input", f"{g.height}x{g.width} uint8, {g.ink} ink on dark, digit box {g.digit_box} "
                   f"px, centred by {g.centering}"),
         ("classes", " ".join(m.classes)),
@@ -32,6 +34,15 @@ def describe(bundle: Bundle) -> str:
                                                                "scratch, not fine-tuned")]
     width = max(len(name) for name, _ in lines)
     return "".join(f"{name:<{width}}  {value}\n" for name, value in lines)
+
+
+def field_reader(bundle: Bundle) -> str:
+    """The field reader's file, size and hash, or why number fields are read by cuts alone."""
+    name = bundle.manifest.models.get(FIELD_READER)
+    if not name:
+        return "none: number fields are read by cutting alone"
+    entry = bundle.manifest.files[name]
+    return f"{name}, {entry.bytes or 0:,} bytes, sha256 {entry.sha256}"
 
 
 def flatten(prefix: str, value) -> list[tuple[str, str]]:

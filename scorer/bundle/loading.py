@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scorer.bundle.classifier import Classifier
-from scorer.bundle.manifest import MODEL_FILES, BundleError, Manifest
+from scorer.bundle.manifest import FIELD_READER, MODEL_FILES, BundleError, Manifest
 from scorer.files import sha256_bytes, sha256_file
 from scorer.images import Geometry
+from scorer.numbers.sequence import LINE_HEIGHT, LINE_WIDTH
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,19 @@ class Bundle:
     def model_bytes(self) -> bytes:
         """The model file, checked again: the bytes run are the bytes checked, even if the file
         changed since load_bundle."""
-        data = (self.path / self.model_file).read_bytes()
-        if sha256_bytes(data) != self.manifest.files[self.model_file].sha256:
-            raise BundleError(f"{self.path / self.model_file}: SHA-256 does not match the "
-                              "manifest; refusing to load it")
+        return self._checked_bytes(self.model_file)
+
+    def field_reader_bytes(self) -> bytes | None:
+        """The sequence model for number fields (docs/bundle.md), checked again; None for a
+        bundle without one (number fields are then read by cutting alone)."""
+        name = self.manifest.models.get(FIELD_READER)
+        return self._checked_bytes(name) if name else None
+
+    def _checked_bytes(self, name: str) -> bytes:
+        data = (self.path / name).read_bytes()
+        if sha256_bytes(data) != self.manifest.files[name].sha256:
+            raise BundleError(f"{self.path / name}: SHA-256 does not match the manifest; "
+                              "refusing to load it")
         return data
 
     def classifier(self, num_threads: int | None = None) -> Classifier:
@@ -48,10 +58,11 @@ def load_bundle(path: str | Path, variant: str = "int8") -> Bundle:
     model_file = manifest.models.get(variant) or MODEL_FILES.get(variant)
     if model_file is None:
         raise BundleError(f"unknown model variant {variant!r}: choose int8 or float32")
-    if model_file not in manifest.files:
-        raise BundleError(f"{folder}: manifest lists no {model_file}")
-    if not (folder / model_file).is_file():
-        raise BundleError(f"{folder}: {model_file} is missing")
+    for needed in (model_file, manifest.models.get(FIELD_READER)):
+        if needed and needed not in manifest.files:
+            raise BundleError(f"{folder}: manifest lists no {needed}")
+        if needed and not (folder / needed).is_file():
+            raise BundleError(f"{folder}: {needed} is missing")
     for name, entry in manifest.files.items():
         file = folder / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
@@ -77,6 +88,14 @@ def check_model_matches_manifest(bundle: Bundle) -> None:
     if outputs != len(bundle.labels):
         raise BundleError(f"{where}: the manifest lists {len(bundle.labels)} classes but the "
                           f"model has {outputs} outputs")
+    field_reader = bundle.field_reader_bytes()
+    if field_reader is not None:
+        reader = Classifier(field_reader)
+        shape = tuple(int(n) for n in reader.input["shape"][1:])
+        if shape != (LINE_HEIGHT, LINE_WIDTH) or reader.classes != len(bundle.labels) + 1:
+            raise BundleError(f"{where}: the field reader takes {shape} and gives "
+                              f"{reader.classes} outputs; the scorer needs "
+                              f"({LINE_HEIGHT}, {LINE_WIDTH}) and {len(bundle.labels) + 1}")
 
 
 def read_manifest(folder: Path) -> Manifest:

@@ -14,6 +14,7 @@ from scorer.images import Geometry
 
 SCHEMA_VERSION = 1
 MODEL_FILES = {"int8": "model.tflite", "float32": "model_float32.tflite"}
+FIELD_READER = "field_reader"  # the `models` key of the sequence model for number fields
 
 
 class BundleError(Exception):

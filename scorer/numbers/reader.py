@@ -27,12 +27,17 @@ from scorer.numbers.segments import (
     tidy,
     without_dust,
 )
+from scorer.numbers.sequence import Line, line_image, spell, spread
 
 THUMB_HEIGHT = 32  # px of the field picture kept for the report
 # Work is bounded by the marks on a field: more than this many separate pieces of ink (dust
 # included) is noise, a page or a photo, not one number; the field is an error row, read no
 # further.
 MAX_MARKS = 1000
+# Where the cut reader and the field reader differ, the field's confidence is the winner's
+# times this (chosen on the dev fields only, see docs/benchmarks.md): they agree on 94 % of the
+# fields they agree on, and half of the others.
+DISAGREE = 0.5
 
 
 class FieldCut(NamedTuple):
@@ -43,6 +48,9 @@ class FieldCut(NamedTuple):
     image_x: np.ndarray  # int (atoms, 2): each atom's columns in the image's own pixels
     thumb: np.ndarray
     thumb_scale: float
+    line: Line  # the digits' ink as one line, for the sequence reader
+    frame: Frame
+    middle: float  # the field row at the middle of the digits
 
 
 class Reading(NamedTuple):
@@ -80,8 +88,13 @@ def cut_field(data: bytes, geometry: Geometry) -> FieldCut:
     atoms = atoms_of(found, height)
     thumb, thumb_scale = thumbnail(field.grey)
     lined = bool(np.count_nonzero(field.ink & ~ink))  # form lines were removed: slivers remain
+    keep = np.zeros(ink.shape, bool)
+    for piece in found:
+        keep[piece.y0:piece.y1, piece.x0:piece.x1] |= piece.mask
+    middle = float(np.median([(piece.y0 + piece.y1) / 2 for piece in found]))
     return FieldCut(candidates(field.grey, atoms, found, height, geometry, lined),
-                    image_columns(atoms, field.frame), thumb, thumb_scale)
+                    image_columns(atoms, field.frame), thumb, thumb_scale,
+                    line_image(field.grey, keep), field.frame, middle)
 
 
 PreparedField = tuple[FieldCut | None, str]  # a field's candidates, or None and a reason
@@ -92,14 +105,50 @@ def prepare_field(data: bytes, geometry: Geometry) -> PreparedField:
     return never_raising(cut_field, data, geometry)
 
 
-def read_cut(cut: FieldCut, probabilities: np.ndarray, length: Length | None) -> Reading:
-    """A FieldCut and the model's probabilities for its candidates -> Reading."""
+def read_cut(cut: FieldCut, probabilities: np.ndarray, length: Length | None,
+             line_probabilities: np.ndarray | None = None) -> Reading:
+    """A FieldCut, the model's probabilities for its candidates and, with a field reader, its
+    (steps, 11) probabilities for the field's line -> Reading."""
     choice = choose(cut.found, probabilities, length)
     digits = [d._replace(x0=int(cut.image_x[a:b, 0].min()), x1=int(cut.image_x[a:b, 1].max()))
               for d in choice.digits for a, b in [d.atoms]]
+    confidence, problem = field_confidence(digits), choice.problem
+    if line_probabilities is not None:
+        digits, confidence, problem = agree(digits, problem,
+                                            sequence_digits(cut, line_probabilities), length)
     cuts = tuple((round(d.x0 * cut.thumb_scale), round(d.x1 * cut.thumb_scale))
-                 for d in choice.digits)
-    return Reading(digits, field_confidence(digits), choice.problem, cut.thumb, cuts)
+                 for d in digits)
+    return Reading(digits, confidence, problem, cut.thumb, cuts)
+
+
+def sequence_digits(cut: FieldCut, line_probabilities: np.ndarray) -> list[Digit]:
+    """The field reader's digits, with their columns mapped back to the image's pixels."""
+    digits = []
+    for d in spread(spell(line_probabilities), cut.line.pixels):
+        field_x = cut.line.x0 + np.array([d.x0, d.x1], float) / cut.line.scale
+        x, _ = cut.frame.to_image(field_x, np.full(2, cut.middle))
+        digits.append(Digit(d.value, d.confidence, max(0, int(np.floor(x.min()))),
+                            int(np.ceil(x.max()))))
+    return digits
+
+
+def agree(cut_digits: list[Digit], problem: str, line_digits: list[Digit],
+          length: Length | None) -> tuple[list[Digit], float, str]:
+    """The two readers' answers -> (digits, field confidence, review reason). A reading's
+    confidence is the product of its digits'. When they agree, the cut reading (its columns
+    are the digits' own ink) with the surer confidence; when they differ, the one the length
+    admits, else the surer, with its confidence times DISAGREE."""
+    cut_confidence = field_confidence(cut_digits)
+    line_confidence = field_confidence(line_digits)
+    if [d.value for d in cut_digits] == [d.value for d in line_digits]:
+        return cut_digits, max(cut_confidence, line_confidence), problem
+    fits = [length is None or length.admits(len(cut_digits)),
+            length is None or length.admits(len(line_digits))]
+    line_wins = fits[1] if fits[0] != fits[1] else line_confidence > cut_confidence
+    if not line_wins:
+        return cut_digits, DISAGREE * cut_confidence, problem
+    problem = "" if fits[1] else f"read {len(line_digits)} digits, expected {length}"
+    return line_digits, DISAGREE * line_confidence, problem
 
 
 def image_columns(atoms: list[Atom], frame: Frame) -> np.ndarray:
