@@ -11,8 +11,9 @@ and, on photographed/drawn digits made by tests/digit_factory.py, the accuracy o
 loop against ours; with --cnn, the MLP and CNN bundles side by side (MNIST accuracy, size,
 training time, images/s, and accuracy on the held-out "other hands" of tools/other_hands.py);
 and for `--read number`, fields read exactly, digits right and wrong lengths on the held-out
-number fields of tools/number_fields.py, for each bundle, and fields/s for the whole process on
-600 fields of about 100 x 600 px (with --workers 1 too); and on the photo set of
+number fields of tools/number_fields.py, for each bundle (and, for a bundle with a field reader,
+for a copy without it: cuts alone), and fields/s for the whole process on 600 fields of about
+100 x 600 px (with --workers 1, and by cuts alone, too); and on the photo set of
 tools/photo_set.py (phone photos of 2-12 megapixels and A4 page scans, one digit each), images/s
 and accuracy for the whole process, --workers 1 and the per-image loop.
 Figures only: nothing here asserts a speed.
@@ -186,13 +187,20 @@ def number_fields(bundles: dict[str, str], work: Path, rounds: int) -> None:
     sys.path.insert(0, str(ROOT / "tools"))
     import number_fields as fields
 
+    from scorer.bundle import load_bundle
+
     sets = {name: fields.build_set(ROOT / ".number-fields", name)
             for name in fields.REPORTED}
-    print(f"\n--read number{'':<9}" + "".join(f"{name:>34}" for name in sets))
-    print(f"{'model':<22}" + f"{'exact':>12}{'digits':>10}{'wrong len':>12}" * len(sets))
+    print(f"\n--read number{'':<16}" + "".join(f"{name:>34}" for name in sets))
+    print(f"{'model':<29}" + f"{'exact':>12}{'digits':>10}{'wrong len':>12}" * len(sets))
+    readers = {}
     for name, bundle in bundles.items():
+        readers[name] = bundle
+        if load_bundle(bundle).field_reader_bytes() is not None:  # what the field reader adds
+            readers[f"{name}, cuts alone"] = cuts_alone(bundle, work / f"cuts-{name}")
+    for name, bundle in readers.items():
         results = [fields.evaluate(bundle, path) for path in sets.values()]
-        print(f"{name:<22}" + "".join(f"{r['exact_match']:>12.2%}{r['digit_accuracy']:>10.2%}"
+        print(f"{name:<29}" + "".join(f"{r['exact_match']:>12.2%}{r['digit_accuracy']:>10.2%}"
                                       f"{r['wrong_length']:>12.2%}" for r in results))
     folder = speed_fields(ROOT / ".bench" / "fields-100x600")
     bundle = next(iter(bundles.values()))
@@ -200,12 +208,31 @@ def number_fields(bundles: dict[str, str], work: Path, rounds: int) -> None:
         "whole": score_command(bundle, folder, work / "fields.csv", "--read", "number"),
         "single": score_command(bundle, folder, work / "fields1.csv", "--read", "number",
                                 "--workers", "1"),
+        "cuts": score_command(readers.get(f"{next(iter(bundles))}, cuts alone", bundle),
+                              folder, work / "fields-cuts.csv", "--read", "number"),
     }
     best, _ = best_of(commands, rounds)
     count = sum(1 for _ in folder.glob("*.png"))
     print(f"fields/s, {count} fields of 7 digits, about 100 x 600 px (PNG), best of {rounds}: "
           f"whole process {count / best['whole']:,.0f}, --workers 1 {count / best['single']:,.0f} "
-          f"({best['single'] / best['whole']:.2f}x)")
+          f"({best['single'] / best['whole']:.2f}x); whole process by cuts alone "
+          f"{count / best['cuts']:,.0f} ({best['whole'] / best['cuts']:.2f}x the time)")
+
+
+def cuts_alone(bundle: str, out: Path) -> str:
+    """A copy of the bundle without its field reader: number fields read by cutting alone."""
+    from dataclasses import replace
+
+    from scorer.bundle import load_bundle, write_bundle
+    from scorer.bundle.manifest import FIELD_READER
+
+    loaded = load_bundle(bundle)
+    name = loaded.manifest.models[FIELD_READER]
+    files = {file: (Path(bundle) / file).read_bytes() for file in loaded.manifest.files
+             if file != name and (Path(bundle) / file).is_file()}
+    models = {key: file for key, file in loaded.manifest.models.items() if key != FIELD_READER}
+    write_bundle(out, files, replace(loaded.manifest, models=models))
+    return str(out)
 
 
 def photo_speed(model: str, count: int, work: Path, rounds: int) -> None:

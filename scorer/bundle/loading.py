@@ -10,7 +10,7 @@ from scorer.bundle.classifier import Classifier
 from scorer.bundle.manifest import FIELD_READER, MODEL_FILES, BundleError, Manifest
 from scorer.files import sha256_bytes, sha256_file
 from scorer.images import Geometry
-from scorer.numbers.sequence import LINE_HEIGHT, LINE_WIDTH
+from scorer.images.geometry import LINE_HEIGHT, LINE_WIDTH
 
 
 @dataclass(frozen=True)

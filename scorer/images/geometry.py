@@ -46,3 +46,6 @@ class Geometry:
 
 MNIST_GEOMETRY = Geometry()
 DIGITS_8X8_GEOMETRY = Geometry(height=8, width=8, digit_box=32, centering="box", supersample=4)
+# The field reader's input (scorer.numbers.sequence): one number field's ink as a line, light on
+# dark, this many rows and columns. Part of the bundle's contract, like the geometry above.
+LINE_HEIGHT, LINE_WIDTH = 32, 256

@@ -15,7 +15,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-LINE_HEIGHT, LINE_WIDTH = 32, 256  # the model's input: one line, aspect kept, padded right
+from scorer.images.geometry import LINE_HEIGHT, LINE_WIDTH  # the model's input; aspect kept
+
 PAD_FRACTION = 8  # ink is padded by a 1/8 of its height (at least 2 px) on every side
 
 
