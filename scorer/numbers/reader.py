@@ -35,8 +35,8 @@ THUMB_HEIGHT = 32  # px of the field picture kept for the report
 # further.
 MAX_MARKS = 1000
 # Where the cut reader and the field reader differ, the field's confidence is the winner's
-# times this (chosen on the dev fields only, see docs/benchmarks.md): they agree on 94 % of the
-# fields they agree on, and half of the others.
+# times this (chosen on the dev fields only, see docs/benchmarks.md): right on 96 % of the fields
+# the two agree on, and on about half of the others (MLP).
 DISAGREE = 0.5
 
 
