@@ -50,12 +50,12 @@ def mnist_bundle(tmp_path_factory, mnist) -> Path:
 MNIST_BUNDLE_ARGS = ("--dataset", "mnist", "--limit", "30000", "--epochs", "4", "--hidden", "128",
                      "--patience", "2", "--no-augment",
                      "--learning-rate", "0.003")  # 4 epochs of cosine decay: start higher
-FIELD_READER_ARGS = ("--field-reader-fields", "12000", "--field-reader-epochs", "4")
+FIELD_READER_ARGS = ("--field-reader-fields", "16000", "--field-reader-epochs", "5")
 
 
 @pytest.fixture(scope="session")
 def mnist_fields_bundle(tmp_path_factory, mnist) -> Path:
-    """mnist_bundle's recipe with a small field reader for number fields (about 3 minutes):
+    """mnist_bundle's recipe with a small field reader for number fields (about 4 minutes):
     weaker than `make train`'s, but a real one, trained and converted as that is."""
     out = tmp_path_factory.mktemp("bundles") / "mnist_fields"
     return train_bundle(out, *MNIST_BUNDLE_ARGS, *FIELD_READER_ARGS)
