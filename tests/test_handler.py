@@ -21,6 +21,7 @@ from PIL import Image
 from conftest import ROOT
 from digit_factory import zip_of
 from moto_server import moto_endpoint  # noqa: F401
+from test_field_reader import touching_fields
 from test_s3_jobs import check_digits_column, clean_fields, parse_digits
 
 SUFFIXES = (".png", ".jpg", ".zip")
@@ -47,6 +48,16 @@ DRIVER = textwrap.dedent("""
 @pytest.fixture(scope="session")
 def lambda_root(tmp_path_factory, mnist_bundle) -> Path:
     """`make package LAMBDA_PYTHON=3.11` (this machine's Python), unzipped."""
+    return packaged(tmp_path_factory, mnist_bundle)
+
+
+@pytest.fixture(scope="session")
+def lambda_with_field_reader(tmp_path_factory, mnist_fields_bundle) -> Path:
+    """The same, with a bundle that holds a field reader."""
+    return packaged(tmp_path_factory, mnist_fields_bundle)
+
+
+def packaged(tmp_path_factory, mnist_bundle: Path) -> Path:
     build = tmp_path_factory.mktemp("lambda")
     archive = build / "lambda.zip"
     done = subprocess.run(
@@ -423,6 +434,23 @@ def test_read_number_reads_each_upload_as_one_number(stack, lambda_root, mnist_t
     check_digits_column(by_member["b.png"], fields[2])
     empty = by_member["empty.png"]
     assert (empty["status"], empty["prediction"], empty["digits"]) == ("blank", "", "")
+
+
+def test_read_number_uses_the_packaged_field_reader(stack, lambda_with_field_reader, mnist,
+                                                    mnist_fields_bundle):
+    """The zip carries the bundle's field reader and the handler reads with it: touching
+    digits the cuts alone misread are read right (the fields of test_field_reader's test)."""
+    assert (lambda_with_field_reader / "model" / "field_reader.tflite").read_bytes() == \
+        (mnist_fields_bundle / "field_reader.tflite").read_bytes()
+    fields = touching_fields(mnist, 40)
+    s3, bucket = stack["s3"], stack["bucket"]
+    s3.put_object(Bucket=bucket, Key="incoming/touching.zip",
+                  Body=zip_of({f"{k:02d}.png": data for k, (data, _) in enumerate(fields)}))
+    [response] = invoke(lambda_with_field_reader, sqs_event(stack), env={"READ": "number"})
+    assert response == {"batchItemFailures": []}
+    found = rows(outputs(stack)["predictions/touching.zip.csv"])
+    right = sum(row["prediction"] == text for row, (_, text) in zip(found, fields, strict=True))
+    assert right >= 6, f"{right} of 40 read right; by cuts alone 3, locally with both 10"
 
 
 def test_length_from_the_environment_sends_other_lengths_to_review(
