@@ -24,12 +24,10 @@ from scorer.files import sha256_file
 from scorer.numbers import Length, cut_field, read_cut
 from scorer.numbers.decode import Digit
 from scorer.numbers.reader import DISAGREE, agree
-from scorer.numbers.sequence import LINE_HEIGHT, LINE_WIDTH, line_image, spell, spread
+from scorer.numbers.sequence import BLANK, LINE_HEIGHT, LINE_WIDTH, line_image, spell, spread
 
 from cli_helpers import score_cli, write_png_tree
 from field_factory import render_field
-
-BLANK = 10
 
 
 def steps_of(path: list[int], sure: float = 0.9) -> np.ndarray:

@@ -17,7 +17,7 @@ from scorer.numbers.runs import (
     bands,
     bridged_runs,
     close_gaps,
-    long_runs,
+    paint_long,
     paint_runs,
     row_runs,
 )
@@ -64,7 +64,8 @@ def test_runs_round_trip():
 
 def test_long_runs_and_gap_closing():
     mask = np.array([[1, 1, 0, 0, 1, 0, 1, 1, 1]], bool)
-    assert long_runs(mask, 3).astype(int).tolist() == [[0, 0, 0, 0, 0, 0, 1, 1, 1]]
+    assert paint_long(mask.shape, row_runs(mask), 3).astype(int).tolist() == \
+        [[0, 0, 0, 0, 0, 0, 1, 1, 1]]
     assert close_gaps(mask, 1).astype(int).tolist() == [[1, 1, 0, 0, 1, 1, 1, 1, 1]]
     assert close_gaps(mask, 2).all()
     assert bands(np.array([0, 1, 1, 0, 1], bool)) == [(1, 3), (4, 5)]

@@ -16,18 +16,18 @@ import numpy as np
 from keras import layers, ops
 from PIL import Image, ImageFilter
 
-from scorer.numbers.sequence import LINE_HEIGHT, LINE_WIDTH, line_image
+from scorer.numbers.field import INK_LEVEL  # a composed pixel above it is ink, as in serving
+from scorer.numbers.sequence import BLANK, LINE_HEIGHT, LINE_WIDTH, line_image, spell
 from trainer import export
 from trainer.recipes import FIELD_READER_DEFAULTS as DEFAULTS
 
-BLANK = 10  # CTC's "no digit here" class, after the ten digits
 STEPS = LINE_WIDTH // 4  # the model's column steps (the convolutions halve the width twice)
 MAX_DIGITS = 12  # composed fields hold 2-12 digits (1 in a tenth of them); longer ones are rare
 CANVAS_HEIGHT = 96  # composed at about the scorer's working height (64-100 px)
-INK_LEVEL = 64  # a composed pixel above this is ink (as the scorer's ink mask)
 
 
 def crop_to_ink(digit: np.ndarray) -> np.ndarray:
+    """A 28x28 training digit cut to its ink's bounding box."""
     ys, xs = np.nonzero(digit > 30)
     if ys.size == 0:
         return digit
@@ -153,8 +153,6 @@ def train_field_reader(x: np.ndarray, y: np.ndarray, *, fields: int, epochs: int
 def exact_share(model_content: bytes, lines: np.ndarray, labels: np.ndarray,
                 lengths: np.ndarray) -> float:
     """The share of lines the TFLite model reads exactly, decoded as the scorer decodes."""
-    from scorer.numbers.sequence import spell
-
     probabilities = export.tflite_predict(model_content, lines)
     right = [[d.value for d in spell(p)] == list(labels[k, :lengths[k]])
              for k, p in enumerate(probabilities)]

@@ -113,13 +113,12 @@ def fine_tune_and_export(settings: FineTuneSettings) -> dict:
         raise Refused("; ".join(problems))
     metrics = finetune_metrics(dataset, evaluation, tflite, history, results, clock.total)
     facts = train.edge_facts(tflite["tflite_int8"])
-    files = train.bundle_files(dataset, model, tflite, evaluation, history, metrics, facts)
+    # The base's field reader is kept as it is: it reads lines, not one person's hand.
+    files = train.bundle_files(dataset, model, tflite, evaluation, history, metrics, facts,
+                               base.field_reader_bytes())
     files["report.html"] = insert_sections(files["report.html"].decode(),
                                            comparison_sections(results, NAMES, changed)).encode()
     files["comparison.json"] = (json.dumps(results, indent=2) + "\n").encode()
-    field_reader = base.field_reader_bytes()  # kept as it is: it reads lines, not one hand
-    if field_reader is not None:
-        files[train.FIELD_READER_FILE] = field_reader
     lineage = lineage_of(settings, base, user, held_idx, dataset, replay, results, problems)
     clock.lap("reports")
     metrics["seconds"] = clock.total

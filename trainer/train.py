@@ -53,7 +53,7 @@ class Settings:
     augment: bool = True
     limit: int | None = None
     # The field reader for number fields (MNIST bundles only; 0 epochs: none, fields are then
-    # read by cutting alone): composed fields and epochs, trainer.field_reader.DEFAULTS if None.
+    # read by cutting alone): composed fields and epochs, FIELD_READER_DEFAULTS if None.
     field_reader_fields: int | None = None
     field_reader_epochs: int | None = None
     overwrite: bool = False  # replace --out even if it is not a bundle (see check_target)
@@ -89,12 +89,11 @@ def train_and_export(settings: Settings) -> dict:
     }
     evaluation = evaluate(model, tflite, dataset)
     reader, reader_facts = train_field_reader(settings, dataset)
-    if reader is not None:
-        tflite["field_reader"] = reader
     metrics = metrics_json(dataset, evaluation, tflite, history, time.perf_counter() - started)
     if reader_facts:
         metrics["field_reader"] = reader_facts
-    export_bundle(settings, dataset, model, tflite, evaluation, history, metrics, reader_facts)
+    export_bundle(settings, dataset, model, tflite, evaluation, history, metrics, reader,
+                  reader_facts)
     print_summary(settings, metrics)
     return metrics
 
@@ -218,9 +217,9 @@ def metrics_json(dataset: data.Dataset, evaluation: Evaluation, tflite: dict[str
 
 def export_bundle(settings: Settings, dataset: data.Dataset, model: keras.Model,
                  tflite: dict[str, bytes], evaluation: Evaluation, history: dict,
-                 metrics: dict, reader_facts: dict) -> None:
+                 metrics: dict, reader: bytes | None, reader_facts: dict) -> None:
     facts = edge_facts(tflite["tflite_int8"])
-    files = bundle_files(dataset, model, tflite, evaluation, history, metrics, facts)
+    files = bundle_files(dataset, model, tflite, evaluation, history, metrics, facts, reader)
     write_bundle(Path(settings.out), files,
                  manifest(settings, dataset, metrics, facts, reader_facts),
                  overwrite=settings.overwrite)
@@ -234,9 +233,10 @@ def edge_facts(int8_model: bytes) -> dict:
 
 
 def bundle_files(dataset: data.Dataset, model: keras.Model, tflite: dict[str, bytes],
-                 evaluation: Evaluation, history: dict, metrics: dict,
-                 facts: dict) -> dict[str, bytes]:
-    """Every file of the bundle but the manifest: models, C header, metrics, reports."""
+                 evaluation: Evaluation, history: dict, metrics: dict, facts: dict,
+                 field_reader: bytes | None = None) -> dict[str, bytes]:
+    """Every file of the bundle but the manifest: models (the field reader if given), C
+    header, metrics, reports."""
     return {
         "model.tflite": tflite["tflite_int8"],
         "model_float32.tflite": tflite["tflite_float32"],
@@ -245,7 +245,7 @@ def bundle_files(dataset: data.Dataset, model: keras.Model, tflite: dict[str, by
         "metrics.json": (json.dumps(metrics, indent=2) + "\n").encode(),
         "training_history.json": (json.dumps(history, indent=2) + "\n").encode(),
         **training_report_files(dataset, evaluation, history, metrics),
-        **({FIELD_READER_FILE: tflite["field_reader"]} if "field_reader" in tflite else {}),
+        **({FIELD_READER_FILE: field_reader} if field_reader is not None else {}),
     }
 
 

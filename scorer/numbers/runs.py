@@ -31,11 +31,6 @@ def paint_runs(shape: tuple[int, int], rows: np.ndarray, starts: np.ndarray,
     return out.reshape(h, w)
 
 
-def long_runs(mask: np.ndarray, least: int) -> np.ndarray:
-    """bool (H, W) -> bool: the pixels of horizontal runs at least `least` long."""
-    return paint_long(mask.shape, row_runs(mask), least)
-
-
 def paint_long(shape: tuple[int, int], runs: tuple, least: int) -> np.ndarray:
     """bool `shape` with the runs (row_runs' answer) at least `least` long."""
     rows, starts, stops = runs

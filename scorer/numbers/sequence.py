@@ -17,6 +17,8 @@ from PIL import Image
 
 from scorer.images.geometry import LINE_HEIGHT, LINE_WIDTH  # the model's input; aspect kept
 
+BLANK = 10  # the field reader's "no digit here" class (CTC's blank), after the ten digits
+
 PAD_FRACTION = 8  # ink is padded by a 1/8 of its height (at least 2 px) on every side
 
 
@@ -62,7 +64,7 @@ def line_image(grey: np.ndarray, keep: np.ndarray) -> Line:
 
 
 def spell(probabilities: np.ndarray) -> list[Spelled]:
-    """float (steps, 11) probabilities (class 10 is the blank) -> the digits of the best path:
+    """float (steps, 11) probabilities (class BLANK is the blank) -> the digits of the best path:
     a run of one class is one digit, blanks separate repeats. A digit's columns are its run's
     steps in the line image."""
     steps = len(probabilities)
@@ -74,7 +76,7 @@ def spell(probabilities: np.ndarray) -> list[Spelled]:
         if t < steps and best[t] == best[start]:
             continue
         value = int(best[start])
-        if value < 10:
+        if value != BLANK:
             confidence = float(probabilities[start:t, value].max())
             digits.append(Spelled(value, confidence, int(start * step_width),
                                   int(np.ceil(t * step_width))))
