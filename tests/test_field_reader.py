@@ -147,6 +147,18 @@ def test_composed_fields_are_made_of_the_digits_given(mnist):
     assert (again[0] == lines).all()  # seeded
 
 
+def test_composed_fields_hold_marks_that_are_labelled_nothing(mnist):
+    """Currency signs, separators and ticks are drawn into a third of the fields; the labels
+    are the digits alone, so the field reader learns to pass over marks."""
+    from trainer.field_reader import make_lines
+
+    no_ink = np.zeros((50, 28, 28), np.uint8)  # digits with no ink: what is drawn is marks
+    lines, labels, lengths = make_lines(no_ink, np.full(50, 7), 300, seed=4)
+    marked = lines.reshape(len(lines), -1).max(1) > 0
+    assert 0.2 < marked.mean() < 0.5
+    assert all((label[:n] == 7).all() for label, n in zip(labels, lengths, strict=True))
+
+
 def test_the_bundle_lists_its_field_reader_and_how_it_was_trained(mnist_fields_bundle):
     manifest = json.loads((mnist_fields_bundle / "manifest.json").read_text())
     assert manifest["models"]["field_reader"] == "field_reader.tflite"

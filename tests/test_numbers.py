@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from scorer.numbers import Length, parse_length
-from scorer.numbers.components import pieces
+from scorer.numbers.components import Piece, pieces
 from scorer.numbers.decode import choose, field_confidence
 from scorer.numbers.lines import remove_form_lines
 from scorer.numbers.runs import (
@@ -21,7 +21,7 @@ from scorer.numbers.runs import (
     paint_runs,
     row_runs,
 )
-from scorer.numbers.segments import Candidates
+from scorer.numbers.segments import Candidates, line_pieces
 from scorer.report.fields import edit_distance, field_metrics
 
 DIGITS = [str(d) for d in range(10)]
@@ -178,6 +178,24 @@ def test_marks_are_skipped_and_columns_reported():
     assert [d.value for d in choice.digits] == [4, 2]
     assert [(d.x0, d.x1, d.atoms) for d in choice.digits] == [(0, 8, (0, 1)), (20, 28, (2, 3))]
     assert field_confidence(choice.digits) == pytest.approx(0.99 * 0.99, rel=1e-6)
+
+
+def piece_at(x0: int, y0: int, width: int, height: int) -> Piece:
+    return Piece(y0, x0, y0 + height, x0 + width, width * height, np.ones((height, width), bool))
+
+
+def test_the_field_reader_s_line_leaves_out_marks_at_its_ends():
+    """A box's edge (a thin straight piece: in lined fields only), a $ reaching above and below
+    the digits and a dot are left out at either end; a dash between digits and a lone piece
+    stay."""
+    edge, dollar = piece_at(0, 20, 2, 60), piece_at(10, 10, 20, 80)
+    digits = [piece_at(x, 20, 25, 60) for x in (40, 90, 120, 150)]
+    dash, dot = piece_at(70, 48, 12, 4), piece_at(180, 74, 6, 6)
+    found = [edge, dollar, digits[0], dash, *digits[1:], dot]
+    assert line_pieces(found, 60.0, 100, lined=True) == [digits[0], dash, *digits[1:]]
+    assert line_pieces(found, 60.0, 100, lined=False) == [edge, dollar, digits[0], dash,
+                                                          *digits[1:]]
+    assert line_pieces([dot], 60.0, 100, lined=False) == [dot]
 
 
 def test_frame_maps_field_pixels_back_to_the_image():

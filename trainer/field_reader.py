@@ -14,7 +14,7 @@ import time
 import keras
 import numpy as np
 from keras import layers, ops
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from scorer.numbers.field import INK_LEVEL  # a composed pixel above it is ink, as in serving
 from scorer.numbers.sequence import BLANK, LINE_HEIGHT, LINE_WIDTH, line_image, spell
@@ -36,33 +36,137 @@ def crop_to_ink(digit: np.ndarray) -> np.ndarray:
 
 def compose(x: np.ndarray, y: np.ndarray, rng: np.random.Generator
             ) -> tuple[np.ndarray, list[int]]:
-    """A field of 1-MAX_DIGITS training digits side by side -> (float32 light-on-dark grey of
-    CANVAS_HEIGHT rows, labels)."""
+    """A field of 1-MAX_DIGITS training digits side by side, with marks that are not digits
+    in a third of them -> (float32 light-on-dark grey of CANVAS_HEIGHT rows, labels)."""
     count = int(rng.integers(1, MAX_DIGITS + 1)) if rng.random() < 0.1 else \
         int(rng.integers(2, MAX_DIGITS + 1))
     height = rng.uniform(40, 72)
     touching = rng.random() < 0.5
-    canvas = np.zeros((CANVAS_HEIGHT, int(height * 1.2 * count) + 40), np.float32)
+    items = [(int(y[i]), crop_to_ink(x[i]).astype(np.float32))
+             for i in rng.integers(0, len(x), count)]
+    items = with_marks(items, height, rng)
+    canvas = np.zeros((CANVAS_HEIGHT, int(height * 1.3 * len(items)) + 40), np.float32)
     left = x_pos = int(rng.integers(4, 20))
     labels: list[int] = []
-    for index in rng.integers(0, len(x), count):
-        glyph = crop_to_ink(x[index]).astype(np.float32)
-        scale = height * rng.uniform(0.9, 1.1) / glyph.shape[0]
+    for placed, (label, glyph) in enumerate(items):
+        scale = height * rng.uniform(0.9, 1.1) / glyph.shape[0] if label >= 0 else \
+            min(1.0, CANVAS_HEIGHT / glyph.shape[0])  # marks are drawn to size
         size = (max(2, round(glyph.shape[1] * scale)), max(2, round(glyph.shape[0] * scale)))
         glyph = np.asarray(Image.fromarray(glyph).resize(size, Image.Resampling.BILINEAR))
         width, tall = glyph.shape[1], glyph.shape[0]
-        top = int(np.clip((CANVAS_HEIGHT - tall) / 2 + rng.uniform(-0.08, 0.08) * height,
-                          0, CANVAS_HEIGHT - tall))
-        if labels:
-            gap = rng.uniform(-0.35, 0.04) if touching else rng.uniform(0.06, 0.6)
+        middle = (CANVAS_HEIGHT - tall) / 2 + rng.uniform(-0.08, 0.08) * height
+        top = int(np.clip(middle + mark_drop(label, height, tall), 0, CANVAS_HEIGHT - tall))
+        if placed:
+            gap = rng.uniform(-0.35, 0.04) if touching and label >= 0 else rng.uniform(0.06, 0.6)
             x_pos = max(left, x_pos + round(gap * height * 0.6))
         if x_pos + width > canvas.shape[1]:
             break
         region = canvas[top:top + tall, x_pos:x_pos + width]
         np.maximum(region, glyph, out=region)
         x_pos += width
-        labels.append(int(y[index]))
+        if label >= 0:
+            labels.append(label)
     return restyle(canvas[:, :x_pos + 20], rng), labels
+
+
+# Marks that are not digits, labelled nothing (CTC's blank), so that the field reader learns to
+# pass over them as the cut reader skips them: currency signs, separators, and the ticks and
+# slivers that form lines leave behind. Drawn here as pen strokes; their label says where they
+# stand: CENTRED on the digits' middle, ON_BASELINE, or BELOW the baseline (a comma's tail).
+CENTRED, ON_BASELINE, BELOW = -1, -2, -3
+
+
+def with_marks(items: list, height: float, rng: np.random.Generator) -> list:
+    """(label, glyph) digits -> the same with marks in a third of the fields: a currency sign
+    before or after, one or two separators inside, or comb ticks between every digit."""
+    pen = height * rng.uniform(0.09, 0.15)
+    roll = rng.random()
+    if roll < 0.12:
+        sign = (CENTRED, dollar(height, pen, rng) if rng.random() < 0.5 else euro(height, pen, rng))
+        return [sign, *items] if rng.random() < 0.7 else [*items, sign]
+    if roll < 0.24 and len(items) > 1:
+        for _ in range(int(rng.integers(1, 3))):
+            at = int(rng.integers(1, len(items)))
+            items.insert(at, separator(height, pen, rng))
+        return items
+    if roll < 0.33:
+        out = [(ON_BASELINE, tick(height, pen, rng))]
+        for item in items:
+            out += [item, (ON_BASELINE, tick(height, pen, rng))]
+        return out
+    return items
+
+
+def mark_drop(label: int, height: float, tall: int) -> float:
+    """How far below the digits' middle a glyph's middle goes: 0 for digits and CENTRED marks;
+    a mark ON_BASELINE stands on the digits' baseline; one BELOW hangs a fifth of it lower."""
+    if label in (ON_BASELINE, BELOW):
+        return height / 2 - tall / 2 + (0.2 * height if label == BELOW else 0.0)
+    return 0.0
+
+
+def _strokes(size: tuple[float, float], pen: float, draw, rng: np.random.Generator
+             ) -> np.ndarray:
+    """A mark of `size` (w, h) px drawn by `draw(ImageDraw, w, h, width)`, padded by the pen,
+    turned by up to 10 degrees -> float32 grey."""
+    width = max(2, round(pen))
+    pad = width + 2
+    image = Image.new("L", (round(size[0]) + 2 * pad, round(size[1]) + 2 * pad))
+    draw(ImageDraw.Draw(image), pad, round(size[0]) + pad, round(size[1]) + pad, width)
+    image = image.rotate(rng.uniform(-10, 10), Image.Resampling.BILINEAR, expand=True)
+    return np.asarray(image, np.float32)
+
+
+def dollar(height: float, pen: float, rng: np.random.Generator) -> np.ndarray:
+    """An S of two arcs with a bar through it."""
+    h = height * rng.uniform(0.9, 1.2)
+    w = h * rng.uniform(0.45, 0.6)
+
+    def draw(d, p, right, bottom, width):
+        middle = (p + bottom) / 2
+        d.arc((p, p + 0.1 * h, right, middle), 90, 330, 255, width)
+        d.arc((p, middle, right, bottom - 0.1 * h), 270, 150, 255, width)
+        d.line(((p + right) / 2, p, (p + right) / 2, bottom), 255, max(1, width - 1))
+    return _strokes((w, h), pen, draw, rng)
+
+
+def euro(height: float, pen: float, rng: np.random.Generator) -> np.ndarray:
+    """A C open to the right, crossed by two bars."""
+    h = height * rng.uniform(0.85, 1.1)
+    w = h * rng.uniform(0.6, 0.8)
+
+    def draw(d, p, right, bottom, width):
+        d.arc((p + 0.15 * w, p, right + 0.25 * w, bottom), 45, 315, 255, width)
+        for level in (0.4, 0.6):
+            y = p + level * h
+            d.line((p, y, p + 0.65 * w, y), 255, max(1, width - 1))
+    return _strokes((w, h), pen, draw, rng)
+
+
+def separator(height: float, pen: float, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    """A dash (centred), a dot (on the baseline) or a comma (a dot with a tail)."""
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        w = height * rng.uniform(0.2, 0.5)
+        return CENTRED, _strokes((w, 1), pen, lambda d, p, r, b, wd: d.line((p, b, r, b), 255, wd),
+                                 rng)
+    dot = pen * rng.uniform(1.0, 1.8)
+    if kind == 1:
+        return ON_BASELINE, _strokes((dot, dot), pen,
+                                     lambda d, p, r, b, wd: d.ellipse((p, p, r, b), 255), rng)
+    tail = height * rng.uniform(0.15, 0.3)
+
+    def draw(d, p, right, bottom, width):
+        d.ellipse((p + dot * 0.3, p, right, p + dot), 255)
+        d.line((right - dot * 0.2, p + dot * 0.6, p, bottom), 255, max(1, width - 1))
+    return BELOW, _strokes((dot * 1.3, dot + tail), pen, draw, rng)
+
+
+def tick(height: float, pen: float, rng: np.random.Generator) -> np.ndarray:
+    """A short upright stroke, what a comb's printed tick leaves once the baseline is gone."""
+    tall = height * rng.uniform(0.15, 0.5)
+    return _strokes((1, tall), pen * rng.uniform(0.4, 0.8),
+                    lambda d, p, r, b, wd: d.line((p, p, p, b), 255, wd), rng)
 
 
 def restyle(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -103,11 +207,12 @@ def build() -> tuple[keras.Model, keras.Model]:
     h = layers.Rescaling(1.0 / 255, name="scale_0_1")(pixels)
     h = layers.Reshape((LINE_HEIGHT, LINE_WIDTH, 1), name="add_channel")(h)
     for i, (channels, pool) in enumerate(((16, (2, 2)), (32, (2, 2)), (64, (2, 1)),
-                                          (64, (2, 1)), (64, (2, 1))), start=1):
+                                          (96, (2, 1)), (96, (2, 1))), start=1):
         h = layers.Conv2D(channels, 3, padding="same", activation="relu", name=f"conv_{i}")(h)
         h = layers.MaxPooling2D(pool, name=f"pool_{i}")(h)
-    h = layers.Reshape((STEPS, 64), name="columns")(h)
-    h = layers.Conv1D(96, 5, padding="same", activation="relu", name="context")(h)
+    h = layers.Reshape((STEPS, 96), name="columns")(h)
+    for i in (1, 2):  # each sees 5 steps (20 px, most of a digit's width) around its own
+        h = layers.Conv1D(128, 5, padding="same", activation="relu", name=f"context_{i}")(h)
     logits = layers.Dense(BLANK + 1, name="logits")(h)
     trained = keras.Model(pixels, logits, name="field_reader_logits")
     exported = keras.Model(pixels, layers.Softmax(name="probabilities")(logits),

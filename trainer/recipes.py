@@ -18,7 +18,7 @@ TUNABLES = ("hidden", "dropout", "epochs", "learning_rate")
 # (keeps what the base knew), a share of the user's images held out to judge the result.
 # The field reader (trainer/field_reader.py): fields composed from the training digits, epochs,
 # peak learning rate (cosine decay) and batch size.
-FIELD_READER_DEFAULTS: dict = {"fields": 40_000, "epochs": 8, "learning_rate": 2e-3,
+FIELD_READER_DEFAULTS: dict = {"fields": 60_000, "epochs": 10, "learning_rate": 2e-3,
                                "batch_size": 64}
 FINETUNE_DEFAULTS: dict = {"epochs": 20, "learning_rate": 6e-4, "batch_size": 64, "replay": 4.0,
                            "holdout": 0.2}

@@ -23,6 +23,7 @@ from scorer.numbers.segments import (
     Candidates,
     atoms_of,
     candidates,
+    line_pieces,
     text_height,
     tidy,
     without_dust,
@@ -89,7 +90,7 @@ def cut_field(data: bytes, geometry: Geometry) -> FieldCut:
     thumb, thumb_scale = thumbnail(field.grey)
     lined = bool(np.count_nonzero(field.ink & ~ink))  # form lines were removed: slivers remain
     keep = np.zeros(ink.shape, bool)
-    for piece in found:
+    for piece in line_pieces(found, height, ink.shape[0], lined):
         keep[piece.y0:piece.y1, piece.x0:piece.x1] |= piece.mask
     middle = float(np.median([(piece.y0 + piece.y1) / 2 for piece in found]))
     return FieldCut(candidates(field.grey, atoms, found, height, geometry, lined),

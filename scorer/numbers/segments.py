@@ -119,6 +119,25 @@ def _partner(found: list[Piece], i: int, height: float) -> int | None:
     return best
 
 
+def line_pieces(found: list[Piece], height: float, field_height: int,
+                lined: bool) -> list[Piece]:
+    """The pieces the field reader reads: all but the marks at either end that are not digits
+    by their shape (a currency sign's bar, a dot or dash, the edge of a box), which would
+    otherwise widen its line and be read as digits."""
+    band = _text_band(found, height)
+
+    def mark(piece: Piece) -> bool:
+        return piece.height < SMALL * height or _sign_like(piece, height, band) \
+            or (lined and _sliver(piece, field_height))
+
+    start, stop = 0, len(found)
+    while stop - start > 1 and mark(found[start]):
+        start += 1
+    while stop - start > 1 and mark(found[stop - 1]):
+        stop -= 1
+    return found[start:stop]
+
+
 def digit_width(found: list[Piece], height: float) -> float:
     """A typical digit's width in this field: the median width of the pieces that look like one
     digit (tall, not too wide, not a 1), else 0.6 text heights."""
