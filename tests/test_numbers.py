@@ -186,8 +186,8 @@ def piece_at(x0: int, y0: int, width: int, height: int) -> Piece:
 
 def test_the_field_reader_s_line_leaves_out_marks_at_its_ends():
     """A box's edge (a thin straight piece: in lined fields only), a $ reaching above and below
-    the digits and a dot are left out at either end; a dash between digits and a lone piece
-    stay."""
+    the digits and a dot are left out at either end; a dash between digits, a mark over its
+    neighbour's columns and a lone piece stay."""
     edge, dollar = piece_at(0, 20, 2, 60), piece_at(10, 10, 20, 80)
     digits = [piece_at(x, 20, 25, 60) for x in (40, 90, 120, 150)]
     dash, dot = piece_at(70, 48, 12, 4), piece_at(180, 74, 6, 6)
@@ -196,6 +196,8 @@ def test_the_field_reader_s_line_leaves_out_marks_at_its_ends():
     assert line_pieces(found, 60.0, 100, lined=False) == [edge, dollar, digits[0], dash,
                                                           *digits[1:]]
     assert line_pieces([dot], 60.0, 100, lined=False) == [dot]
+    bar = piece_at(160, 20, 30, 5)  # a 5's detached bar, reaching past its body: a stroke
+    assert line_pieces([*digits, bar], 60.0, 100, lined=False) == [*digits, bar]
 
 
 def test_frame_maps_field_pixels_back_to_the_image():

@@ -2,7 +2,9 @@
 ``scorer.numbers.sequence``), trained on fields composed here from the training digits only.
 
 Composed fields are what the cut-based reader finds hardest: half have digits touching or
-overlapping, half spaced; digit sizes, heights on the line, stroke widths and ink levels vary.
+overlapping, half spaced; digit sizes, heights on the line, stroke widths and ink levels vary;
+a third hold marks that are not digits (currency signs, separators, a comb's ticks), drawn here
+and labelled nothing.
 Each field becomes the model's input through the scorer's own `line_image`, so that training
 sees what serving sees. No other source of digits is used (the held-out sets stay held out).
 """
@@ -70,8 +72,8 @@ def compose(x: np.ndarray, y: np.ndarray, rng: np.random.Generator
 
 
 # Marks that are not digits, labelled nothing (CTC's blank), so that the field reader learns to
-# pass over them as the cut reader skips them: currency signs, separators, and the ticks and
-# slivers that form lines leave behind. Drawn here as pen strokes; their label says where they
+# pass over them as the cut reader skips them: currency signs, separators, and the ticks a
+# comb leaves once its baseline is removed. Drawn here as pen strokes; their label says where they
 # stand: CENTRED on the digits' middle, ON_BASELINE, or BELOW the baseline (a comma's tail).
 CENTRED, ON_BASELINE, BELOW = -1, -2, -3
 
@@ -107,8 +109,8 @@ def mark_drop(label: int, height: float, tall: int) -> float:
 
 def _strokes(size: tuple[float, float], pen: float, draw, rng: np.random.Generator
              ) -> np.ndarray:
-    """A mark of `size` (w, h) px drawn by `draw(ImageDraw, w, h, width)`, padded by the pen,
-    turned by up to 10 degrees -> float32 grey."""
+    """A mark of `size` (w, h) px, padded by the pen, drawn by `draw(ImageDraw, left/top,
+    right, bottom, pen width)` in white on black, turned by up to 10 degrees -> float32 grey."""
     width = max(2, round(pen))
     pad = width + 2
     image = Image.new("L", (round(size[0]) + 2 * pad, round(size[1]) + 2 * pad))

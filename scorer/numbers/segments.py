@@ -122,8 +122,9 @@ def _partner(found: list[Piece], i: int, height: float) -> int | None:
 def line_pieces(found: list[Piece], height: float, field_height: int,
                 lined: bool) -> list[Piece]:
     """The pieces the field reader reads: all but the marks at either end that are not digits
-    by their shape (a currency sign's bar, a dot or dash, the edge of a box), which would
-    otherwise widen its line and be read as digits."""
+    by their shape (a currency sign, a dot or dash, the edge of a box), which would otherwise
+    widen its line and be read as digits. A mark that overlaps its neighbour's columns stays:
+    it is more likely a digit's detached stroke (the bar of a 5 or a 7)."""
     band = _text_band(found, height)
 
     def mark(piece: Piece) -> bool:
@@ -131,9 +132,9 @@ def line_pieces(found: list[Piece], height: float, field_height: int,
             or (lined and _sliver(piece, field_height))
 
     start, stop = 0, len(found)
-    while stop - start > 1 and mark(found[start]):
+    while stop - start > 1 and mark(found[start]) and found[start].x1 <= found[start + 1].x0:
         start += 1
-    while stop - start > 1 and mark(found[stop - 1]):
+    while stop - start > 1 and mark(found[stop - 1]) and found[stop - 1].x0 >= found[stop - 2].x1:
         stop -= 1
     return found[start:stop]
 
