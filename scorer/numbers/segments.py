@@ -325,8 +325,11 @@ def _tall(atom: Atom) -> int:
     return atom.y1 - atom.y0
 
 
-def _text_band(found: list[Piece], height: float) -> tuple[float, float]:
+def _text_band(found: list[Piece], height: float) -> tuple[float, float] | None:
+    """The rows the digits span (medians of the tall pieces), None if no piece is tall."""
     tall = [p for p in found if p.height >= 0.5 * height]
+    if not tall:
+        return None
     return float(np.median([p.y0 for p in tall])), float(np.median([p.y1 for p in tall]))
 
 
@@ -335,8 +338,10 @@ def _sliver(piece: Piece, field_height: int) -> bool:
     return piece.width <= max(3, round(SLIVER * field_height)) and piece.height > piece.width
 
 
-def _sign_like(piece: Piece, height: float, band: tuple[float, float]) -> bool:
+def _sign_like(piece: Piece, height: float, band: tuple[float, float] | None) -> bool:
     """A piece reaching well above and below the digits, as the bar of a $ does."""
+    if band is None:  # no digit-sized ink to reach beyond
+        return False
     top, bottom = band
     return piece.y0 < top - SIGN_REACH * height and piece.y1 > bottom + SIGN_REACH * height
 
