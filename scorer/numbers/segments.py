@@ -128,8 +128,8 @@ def line_pieces(found: list[Piece], height: float, field_height: int,
     band = _text_band(found, height)
 
     def mark(piece: Piece) -> bool:
-        return piece.height < SMALL * height or _sign_like(piece, height, band) \
-            or (lined and _sliver(piece, field_height))
+        return piece.height < SMALL * height or _sign_or_sliver(piece, height, band, lined,
+                                                                field_height)
 
     start, stop = 0, len(found)
     while stop - start > 1 and mark(found[start]) and found[start].x1 <= found[start + 1].x0:
@@ -250,8 +250,8 @@ def candidates(grey: np.ndarray, atoms: list[Atom], found: list[Piece], height: 
     `lined`: form lines were removed, so thin straight slivers are likely what is left of them."""
     band = _text_band(found, height)
     width = digit_width(found, height)
-    signs = {k for k, piece in enumerate(found) if _sign_like(piece, height, band)
-             or (lined and _sliver(piece, grey.shape[0]))}
+    signs = {k for k, piece in enumerate(found)
+             if _sign_or_sliver(piece, height, band, lined, grey.shape[0])}
     spans, images, penalties = [], [], []
     for i, j in _runs(atoms):
         penalty = _shape_cost(atoms, i, j, height, width)
@@ -331,6 +331,13 @@ def _text_band(found: list[Piece], height: float) -> tuple[float, float] | None:
     if not tall:
         return None
     return float(np.median([p.y0 for p in tall])), float(np.median([p.y1 for p in tall]))
+
+
+def _sign_or_sliver(piece: Piece, height: float, band: tuple[float, float] | None,
+                    lined: bool, field_height: int) -> bool:
+    """A piece more likely a sign ($) or what is left of a form line (when the field had lines)
+    than a digit."""
+    return _sign_like(piece, height, band) or (lined and _sliver(piece, field_height))
 
 
 def _sliver(piece: Piece, field_height: int) -> bool:
