@@ -159,6 +159,30 @@ def test_composed_fields_hold_marks_that_are_labelled_nothing(mnist):
     assert all((label[:n] == 7).all() for label, n in zip(labels, lengths, strict=True))
 
 
+def test_composed_fields_lose_what_line_removal_takes():
+    """A fifth of the fields lose a band of rows or columns, as where a form line crossed
+    them, except where a stroke crosses the band and goes on beyond it (as serving keeps)."""
+    from trainer.field_reader import damage
+
+    rows, columns = np.mgrid[0:96, 0:300]
+    field = np.where((rows // 2 + columns // 2) % 2 == 0, 255.0, 0.0).astype(np.float32)
+    field[:30], field[70:], field[:, :20], field[:, 280:] = 0.0, 0.0, 0.0, 0.0  # ink: a block
+    field[30:70, 148:151] = 255.0  # and an upright stroke through all of it
+    changed = 0
+    for seed in range(300):
+        out = damage(field.copy(), np.random.default_rng(seed))
+        assert (out <= field).all()  # ink is taken, never added
+        lost = field > out
+        if not lost.any():
+            continue
+        changed += 1
+        lost_rows, lost_columns = np.flatnonzero(lost.any(1)), np.flatnonzero(lost.any(0))
+        assert lost_rows.size <= 6 or lost_columns.size <= 6  # at most two bands, 3 px each
+        if lost_columns.size > 6:  # bands of rows: the upright stroke goes on above and below
+            assert not lost[:, 148:151].any()
+    assert 0.1 < changed / 300 < 0.3
+
+
 def test_the_bundle_lists_its_field_reader_and_how_it_was_trained(mnist_fields_bundle):
     manifest = json.loads((mnist_fields_bundle / "manifest.json").read_text())
     assert manifest["models"]["field_reader"] == "field_reader.tflite"

@@ -2,9 +2,10 @@
 ``scorer.numbers.sequence``), trained on fields composed here from the training digits only.
 
 Composed fields are what the cut-based reader finds hardest: half have digits touching or
-overlapping, half spaced; digit sizes, heights on the line, stroke widths and ink levels vary;
-a third hold marks that are not digits (currency signs, separators, a comb's ticks), drawn here
-and labelled nothing.
+overlapping, half spaced (some a comb's cell apart); digit sizes, heights on the line, stroke
+widths and ink levels vary; a third hold marks that are not digits (currency signs, separators,
+a comb's ticks), drawn here and labelled nothing; a fifth lose what removing a form line takes
+from the digits it crossed.
 Each field becomes the model's input through the scorer's own `line_image`, so that training
 sees what serving sees. No other source of digits is used (the held-out sets stay held out).
 """
@@ -44,10 +45,11 @@ def compose(x: np.ndarray, y: np.ndarray, rng: np.random.Generator
         int(rng.integers(2, MAX_DIGITS + 1))
     height = rng.uniform(40, 72)
     touching = rng.random() < 0.5
+    cells = not touching and rng.random() < 0.3  # spaced as in a comb: about a digit apart
     items = [(int(y[i]), crop_to_ink(x[i]).astype(np.float32))
              for i in rng.integers(0, len(x), count)]
     items = with_marks(items, height, rng)
-    canvas = np.zeros((CANVAS_HEIGHT, int(height * 1.3 * len(items)) + 40), np.float32)
+    canvas = np.zeros((CANVAS_HEIGHT, int(height * 1.8 * len(items)) + 40), np.float32)
     left = x_pos = int(rng.integers(4, 20))
     labels: list[int] = []
     for placed, (label, glyph) in enumerate(items):
@@ -59,7 +61,8 @@ def compose(x: np.ndarray, y: np.ndarray, rng: np.random.Generator
         middle = (CANVAS_HEIGHT - tall) / 2 + rng.uniform(-0.08, 0.08) * height
         top = int(np.clip(middle + mark_drop(label, height, tall), 0, CANVAS_HEIGHT - tall))
         if placed:
-            gap = rng.uniform(-0.35, 0.04) if touching and label >= 0 else rng.uniform(0.06, 0.6)
+            gap = rng.uniform(-0.45, 0.04) if touching and label >= 0 else \
+                rng.uniform(0.5, 1.5) if cells else rng.uniform(0.06, 0.6)
             x_pos = max(left, x_pos + round(gap * height * 0.6))
         if x_pos + width > canvas.shape[1]:
             break
@@ -68,7 +71,7 @@ def compose(x: np.ndarray, y: np.ndarray, rng: np.random.Generator
         x_pos += width
         if label >= 0:
             labels.append(label)
-    return restyle(canvas[:, :x_pos + 20], rng), labels
+    return damage(restyle(canvas[:, :x_pos + 20], rng), rng), labels
 
 
 # Marks that are not digits, labelled nothing (CTC's blank), so that the field reader learns to
@@ -183,6 +186,26 @@ def restyle(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         image = image.filter(ImageFilter.MinFilter(5))  # a fine pen or pencil
     out = np.asarray(image, np.float32) * rng.uniform(0.55, 1.0)
     return out * (255.0 / max(float(out.max()), 1.0))
+
+
+def damage(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What removing a form line leaves of the digits it crossed, in a fifth of the fields: a
+    band of rows (a ruled line or a box's edge) or of columns (a cell's side) erased, except
+    where a stroke crosses it, continuing on both sides, as the scorer's line removal keeps."""
+    roll = rng.random()
+    if roll >= 0.2:
+        return grey
+    out = grey.T if roll < 0.07 else grey  # a cell's side: the same on columns
+    inked = np.flatnonzero(out.max(1) > INK_LEVEL)
+    if inked.size < 8:
+        return grey
+    for _ in range(int(rng.integers(1, 3))):
+        thick = int(rng.integers(1, 4))
+        y0 = int(rng.integers(inked[0] + 2, max(inked[0] + 3, inked[-1] - thick - 1)))
+        y1 = y0 + thick
+        crossing = (out[y0 - 1] > INK_LEVEL) & (out[y1] > INK_LEVEL)
+        out[y0:y1, ~crossing] = 0.0
+    return grey
 
 
 def make_lines(x: np.ndarray, y: np.ndarray, count: int, seed: int
