@@ -15,7 +15,7 @@ LAMBDA_PLATFORM ?= x86_64
 help:
 	@echo "make train    train, evaluate and export the model bundle to $(ARTIFACTS)/"
 	@echo "              (DATASET=mnist|digits ARCH=mlp|cnn ARTIFACTS=dir TRAIN_ARGS='--no-augment ...';"
-	@echo "              about 33 min on 2 cores, 30 of them for the number fields' field reader:"
+	@echo "              about 38 min on 2 cores, 36 of them for the number fields' field reader:"
 	@echo "              TRAIN_ARGS='--field-reader-epochs 0' leaves it out)"
 	@echo "make test     run the test suite"
 	@echo "make bench    throughput on 30,000 MNIST PNGs; accuracy of the MLP and CNN on other hands"
