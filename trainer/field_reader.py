@@ -190,8 +190,9 @@ def restyle(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def damage(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """What removing a form line leaves of the digits it crossed, in a fifth of the fields: a
-    band of rows (a ruled line or a box's edge) or of columns (a cell's side) erased, except
-    where a stroke crosses it, continuing on both sides, as the scorer's line removal keeps."""
+    band of rows (a ruled line or a box's edge) or of columns (a cell's side) erased, in place,
+    except where a stroke crosses it, continuing on both sides, as the scorer's line removal
+    keeps."""
     roll = rng.random()
     if roll >= 0.2:
         return grey
