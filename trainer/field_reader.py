@@ -192,7 +192,9 @@ def damage(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """What removing a form line leaves of the digits it crossed, in a fifth of the fields: a
     band of rows (a ruled line or a box's edge) or of columns (a cell's side) erased, in place,
     except where a stroke crosses it, continuing on both sides, as the scorer's line removal
-    keeps."""
+    keeps. (A simpler test than `scorer.numbers.lines.erase_band`'s, which looks two pixels
+    out and one sideways; calling it instead changes the composed fields, so it waits for the
+    next retraining of the field reader.)"""
     roll = rng.random()
     if roll >= 0.2:
         return grey
