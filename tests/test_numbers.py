@@ -107,6 +107,32 @@ def test_an_underline_goes_and_a_crossing_stroke_stays():
     assert out[20:24, 200:230].all()
 
 
+def touching_round_digits(radii=(15, 19, 16, 18, 14, 19, 17, 15),
+                          drops=(0, 3, -2, 1, 4, -1, 2, -3)) -> np.ndarray:
+    """Bool ink of round digits (rings 4 px thick) overlapping their neighbours by 3 px, each
+    sitting a few px above or below a common baseline, as handwriting does."""
+    yy, xx = np.mgrid[0:80, 0:244]
+    ink = np.zeros(yy.shape, bool)
+    left = 20.0
+    for radius, drop in zip(radii, drops, strict=True):
+        distance = np.hypot(yy - (60 + drop - radius), (xx - left - radius / 1.3) * 1.3)
+        ink |= (distance >= radius - 4) & (distance <= radius)
+        left += 2 * radius / 1.3 - 3
+    return ink
+
+
+def test_touching_digits_bottoms_are_not_a_dashed_line():
+    """Bridged across the gaps between them, the bottoms of touching digits run along about half
+    of the field, as a dashed line would; a printed line spans it. (With the old threshold, a
+    third of the width, this removed a fifth of the ink.)"""
+    ink = touching_round_digits()
+    assert np.array_equal(remove_form_lines(ink), ink)
+    underlined = ink.copy()
+    underlined[66:68, 10:234] = True  # the same digits on a printed line: the line goes
+    out = remove_form_lines(underlined)
+    assert not out[66:68].any() and np.array_equal(out, ink)
+
+
 def test_dashed_comb_lines_and_separators_go():
     ink = np.zeros((90, 600), bool)
     for x in range(10, 590, 14):  # dashed top and bottom lines
