@@ -15,7 +15,8 @@ from scorer.numbers.runs import bands, bridged_runs, close_gaps, paint_long
 LINE_LENGTH = 0.45  # a horizontal line runs at least this many field heights...
 # ...and its rows have such runs over this share of the ink's width. A printed line spans the
 # field; the bottoms (or tops) of touching digits, bridged as if they were dashes, reach about
-# half of it (0.35 here took ink from 22 of 34 touching dev fields; 0.6-0.8 read the same).
+# half of it (0.35 here took ink from 22 of 34 touching dev fields; 0.6 to 0.8 read within two
+# dev fields of each other, docs/benchmarks.md).
 LINE_COVER = 0.65
 BOX_COVER = 0.35  # the tops and bottoms of separate boxes: segments over this share
 SEGMENT_LENGTH = 0.2  # or: a row of at least MIN_BOXES segments this many field heights long
