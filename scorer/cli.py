@@ -8,6 +8,7 @@ import sys
 import click
 
 from scorer import __version__
+from scorer.stopping import Terminated, install_stop_handlers
 
 
 def check_report_dir(report_dir: str | None) -> None:
@@ -160,7 +161,7 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
                          run_info={"sources": list(sources),
                                    **(numbers.describe() if numbers else {})})
     set_seconds_per_image(time_per_image)
-    signal.signal(signal.SIGTERM, terminate)
+    install_stop_handlers()  # SIGTERM raises Terminated, never inside a call into a pool
     try:
         tally = score_to_outputs(inputs, bundle, out, report_dir, review, options)
     except (SourceError, BundleError) as err:  # an S3 bucket or prefix found missing once
@@ -168,6 +169,9 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
     except Terminated as stop:  # the job removed its temporary files and stopped its workers
         click.echo(f"terminated (SIGTERM): {written(stop)}", err=True)
         sys.exit(EXIT_TERMINATED)
+    except KeyboardInterrupt as stop:  # likewise
+        click.echo(f"interrupted (Ctrl-C): {written(stop)}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except OSError as err:  # writing an output failed (a full disk, a read-only mount)
         click.echo(f"error: {err}; {written(err)}", err=True)
         sys.exit(EXIT_FAILED)
@@ -182,22 +186,13 @@ def main(sources, model_dir, variant, out, report_dir, labels_csv, workers, batc
 
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # and by Ctrl-C
 EXIT_FAILED = 1  # the outputs could not be written
 
 
 def written(stop: BaseException) -> str:
     """What a stopped run had already written (the job notes it on the exception)."""
     return "; ".join(getattr(stop, "__notes__", ())) or "no output written"
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: unwind like Ctrl-C, so temporary files go and workers stop. Not an
-    Exception, like KeyboardInterrupt: code that turns a bad image's exception into an error row
-    must not catch it."""
-
-
-def terminate(_signum, _frame) -> None:
-    raise Terminated
 
 
 def checked_workers(requested: int | None) -> int | None:

@@ -20,7 +20,6 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import NamedTuple
 
@@ -49,6 +48,7 @@ from scorer.numbers import (
 from scorer.numbers.field import DECODE_SIDE
 from scorer.process_pool import CANCEL_IS_SAFE, a_worker_died, kill_pool, start_pool
 from scorer.sources import Input, load
+from scorer.stopping import finished, signals_deferred
 
 WORKER_DIED = "worker died while decoding (killed twice, e.g. out of memory)"
 
@@ -219,8 +219,11 @@ _worker: dict = {}  # per worker process: its geometry, its own TFLite interpret
 
 def _init_worker(model_content: bytes, field_reader: bytes | None, geometry: Geometry,
                  numbers: NumberMode | None, seconds: float, large_decode_gate) -> None:
-    # Forked from the CLI, a worker inherits its SIGTERM handler; the pool's owner decides.
+    # Forked from the CLI, a worker inherits its stop handlers; the pool's owner decides. A
+    # SIGTERM ends a worker at once; Ctrl-C (sent to the terminal's whole process group) is left
+    # to the owner, which kills the workers (here it would only print a worker's traceback).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     set_seconds_per_image(seconds)  # inherited when forked, not when spawned
     _worker["geometry"] = geometry
@@ -326,7 +329,7 @@ class ScoringPool:
         for chunk in chunks:
             while chunk.result is None:
                 self._feed_pool()
-                if chunk.future is not None and (chunk.future.done()
+                if chunk.future is not None and (finished(chunk.future)
                                                 or chunk.generation != self.generation):
                     chunk.finish(self._result_of(chunk))  # finished, or lost with its pool
                 elif self.queued:
@@ -338,6 +341,7 @@ class ScoringPool:
         results = [chunk.result for chunk in chunks]
         return Classified.join(results) if results else self._nothing([])
 
+    @signals_deferred()
     def _feed_pool(self) -> None:
         """Keep CHUNKS_PER_WORKER chunks per worker in the pool, oldest first."""
         self.given = [chunk for chunk in self.given if not chunk.future.done()]
@@ -351,6 +355,7 @@ class ScoringPool:
             self.generation
         self.given.append(chunk)
 
+    @signals_deferred()
     def _take_back(self) -> Chunk | None:
         """A chunk given to the pool that no worker has started (the newest), taken back: at the
         end of a job this process scores it instead of waiting for the pool to. Not a chunk
@@ -388,10 +393,15 @@ class ScoringPool:
     def _wait_for_any_given(self) -> bool:
         """Block until a chunk given to the pool finishes: True, or False if a worker died."""
         futures = [chunk.future for chunk in self.given]
-        while futures and not wait(futures, self.POLL_SECONDS, FIRST_COMPLETED)[0]:
+        while futures and not self._wait_a_while(futures):
             if a_worker_died(self.executor):
                 return False
         return True
+
+    @signals_deferred()
+    def _wait_a_while(self, futures: list[Future]) -> bool:
+        """True once one of the futures is done; False after POLL_SECONDS without."""
+        return bool(wait(futures, self.POLL_SECONDS, FIRST_COMPLETED).done)
 
     def _result_of(self, chunk: Chunk) -> Classified:
         try:
@@ -406,12 +416,11 @@ class ScoringPool:
     def _wait(self, future: Future, generation: int):
         """The task's result; BrokenProcessPool if its pool lost a worker. Checked by polling too:
         a worker killed while writing its result leaves the pool's reader waiting for ever."""
-        while True:
-            try:
-                return future.result(timeout=self.POLL_SECONDS)
-            except FutureTimeout:
-                if generation != self.generation or a_worker_died(self.executor):
-                    raise BrokenProcessPool("a worker process died") from None
+        while not self._wait_a_while([future]):
+            if generation != self.generation or a_worker_died(self.executor):
+                raise BrokenProcessPool("a worker process died")
+        with signals_deferred():
+            return future.result()
 
     def _run_alone(self, item: Input) -> Classified:
         """Run one input of a lost chunk in a task of its own: if its worker dies again, the
@@ -453,6 +462,7 @@ class ScoringPool:
         return score_chunk(items, self.geometry, self.classifier, self.numbers, large,
                            stop_at_large, self.field_reader)
 
+    @signals_deferred()
     def _submit(self, task: Callable, argument) -> Future:
         try:
             return self.executor.submit(task, argument)
@@ -461,6 +471,7 @@ class ScoringPool:
             self._start_pool()
             return self.executor.submit(task, argument)
 
+    @signals_deferred()
     def _discard_pool(self) -> Callable[[float], None]:
         """Stop a broken pool without waiting for it; returns its `reap` (see kill_pool)."""
         executor, self.executor = self.executor, None
@@ -468,6 +479,7 @@ class ScoringPool:
         self.given = []  # lost with the pool: collect runs their inputs again
         return kill_pool(executor) if executor is not None else lambda seconds: None
 
+    @signals_deferred()
     def _start_pool(self) -> bool:
         if self.executor is None:
             # The lock lets one large image be decoded at a time across the workers; a new
@@ -481,6 +493,7 @@ class ScoringPool:
                 return False
         return True
 
+    @signals_deferred()
     def close(self) -> None:
         """Stop the pool after its work is done: the workers finish and exit."""
         self.queued.clear()
@@ -489,6 +502,7 @@ class ScoringPool:
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.executor = None
 
+    @signals_deferred()
     def abandon(self) -> None:
         """Stop the pool now (the run is being stopped): kill the workers and wait for no
         task. Waiting for a pool whose workers a signal to the process group has already

@@ -375,7 +375,7 @@ def test_a_stop_request_during_decoding_is_not_taken_for_a_bad_image(bundle, mni
     import signal
 
     from scorer.bundle import Classifier
-    from scorer.cli import Terminated
+    from scorer.stopping import Terminated
     from scorer.workers import classify_chunk
 
     x, _ = mnist_test_images

@@ -17,7 +17,8 @@ HEAVY = {"tensorflow", "keras", "tf_keras", "sklearn", "scipy", "matplotlib", "t
 # Lower layers never import higher ones. Inside a subpackage its modules may import each other
 # (cycles are caught separately); the package's face (__init__) re-exports them.
 LAYERS = [
-    {"scorer", "scorer.files", "scorer.s3client", "scorer.process_pool"},  # leaves everyone shares
+    {"scorer", "scorer.files", "scorer.s3client", "scorer.process_pool",  # leaves everyone shares
+     "scorer.stopping"},
     {"scorer.images"},
     {"scorer.sources", "scorer.report", "scorer.bundle", "scorer.numbers"},
     {"scorer.costs"},  # what inputs cost: how windows and parts are cut

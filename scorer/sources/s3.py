@@ -39,6 +39,7 @@ from scorer.sources.base import (
     too_large_reason,
 )
 from scorer.sources.zips import iter_zip
+from scorer.stopping import result_of, signals_deferred
 
 PAGE_SIZE = 1000  # ListObjectsV2 page size (the S3 maximum); tests shrink it to force pages
 MAX_WORKERS = 16
@@ -160,7 +161,8 @@ def iter_listed(bucket: str, prefix: str, objects: Iterable[dict[str, Any] | Inp
             elif too_large(size):
                 window.append((0, _too_large_row(bucket, key, size)))
             else:
-                window.append((size, pool.submit(_get_image, bucket, key, fail_fast, True)))
+                with signals_deferred():
+                    window.append((size, pool.submit(_get_image, bucket, key, fail_fast, True)))
                 window_bytes += size
             while window and (len(window) >= MAX_IN_FLIGHT or window_bytes > MAX_IN_FLIGHT_BYTES):
                 size_done, item = window.popleft()
@@ -170,11 +172,12 @@ def iter_listed(bucket: str, prefix: str, objects: Iterable[dict[str, Any] | Inp
             yield _result(window.popleft()[1])
     finally:
         # Also runs when the consumer stops early or a GET raised: drop what has not started.
-        pool.shutdown(wait=True, cancel_futures=True)
+        with signals_deferred():
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _result(item: Future[Input] | Input) -> Input:
-    return item if isinstance(item, Input) else item.result()
+    return item if isinstance(item, Input) else result_of(item)
 
 
 def _too_large_row(bucket: str, key: str, size: int) -> Input:
