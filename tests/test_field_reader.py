@@ -147,6 +147,26 @@ def test_composed_fields_are_made_of_the_digits_given(mnist):
     assert (again[0] == lines).all()  # seeded
 
 
+def test_training_lines_are_what_serving_makes_of_the_fields(mnist):
+    """The field reader trains on the line the scorer itself makes of each composed field drawn
+    as a scan (lighting, deslanting, form lines removed), not on the composed ink: the two
+    differ, and the reader is given the second."""
+    from scorer.images.geometry import MNIST_GEOMETRY
+    from trainer.field_reader import INK_LEVEL, compose, make_lines
+    from trainer.served_lines import field_image
+
+    x, y = mnist.x_train[:500], mnist.y_train[:500]
+    lines, _, _ = make_lines(x, y, 30, seed=11)
+    rng = np.random.default_rng(11)  # make_lines' own sequence of fields
+    differ = 0
+    for line in lines:
+        grey, _ = compose(x, y, rng)
+        served = cut_field(field_image(grey), MNIST_GEOMETRY).line.pixels
+        np.testing.assert_array_equal(line, served)
+        differ += not np.array_equal(served, line_image(grey, grey > INK_LEVEL).pixels)
+    assert differ >= 10, differ
+
+
 def test_composed_fields_hold_marks_that_are_labelled_nothing(mnist):
     """Currency signs, separators and ticks are drawn into a third of the fields; the labels
     are the digits alone, so the field reader learns to pass over marks."""

@@ -6,8 +6,9 @@ overlapping, half spaced (some a comb's cell apart); digit sizes, heights on the
 widths and ink levels vary; a third hold marks that are not digits (currency signs, separators,
 a comb's ticks), drawn here and labelled nothing; a fifth lose what removing a form line takes
 from the digits it crossed.
-Each field becomes the model's input through the scorer's own `line_image`, so that training
-sees what serving sees. No other source of digits is used (the held-out sets stay held out).
+Each field is drawn as a scan and becomes the model's input through the scorer's own
+`cut_field` (``trainer.served_lines``), so that training sees what serving sees. No other source
+of digits is used (the held-out sets stay held out).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from keras import layers, ops
 from PIL import Image, ImageDraw, ImageFilter
 
 from scorer.numbers.field import INK_LEVEL  # a composed pixel above it is ink, as in serving
-from scorer.numbers.sequence import BLANK, LINE_HEIGHT, LINE_WIDTH, line_image, spell
+from scorer.numbers.sequence import BLANK, LINE_HEIGHT, LINE_WIDTH, spell
 from trainer import export
 from trainer.recipes import FIELD_READER_DEFAULTS as DEFAULTS
+from trainer.served_lines import CHUNK, ServedLines
 
 STEPS = LINE_WIDTH // 4  # the model's column steps (the convolutions halve the width twice)
 MAX_DIGITS = 12  # composed fields hold 2-12 digits (1 in a tenth of them); longer ones are rare
@@ -213,17 +215,22 @@ def damage(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def make_lines(x: np.ndarray, y: np.ndarray, count: int, seed: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`count` composed fields -> (uint8 (n, LINE_HEIGHT, LINE_WIDTH) inputs, int32 (n,
-    MAX_DIGITS) labels padded with BLANK, int32 (n,) label lengths)."""
+    """`count` composed fields -> (uint8 (n, LINE_HEIGHT, LINE_WIDTH) inputs, as the scorer
+    makes them of each field drawn as a scan; int32 (n, MAX_DIGITS) labels padded with BLANK,
+    int32 (n,) label lengths)."""
     rng = np.random.default_rng(seed)
     lines = np.zeros((count, LINE_HEIGHT, LINE_WIDTH), np.uint8)
     labels = np.full((count, MAX_DIGITS), BLANK, np.int32)
     lengths = np.zeros(count, np.int32)
-    for k in range(count):
-        grey, digits = compose(x, y, rng)
-        lines[k] = line_image(grey, grey > INK_LEVEL).pixels
-        labels[k, :len(digits)] = digits
-        lengths[k] = len(digits)
+    with ServedLines() as served:
+        for start in range(0, count, CHUNK):
+            greys = []
+            for k in range(start, min(count, start + CHUNK)):
+                grey, digits = compose(x, y, rng)
+                greys.append(grey)
+                labels[k, :len(digits)] = digits
+                lengths[k] = len(digits)
+            lines[start:start + len(greys)] = served.lines(greys)
     return lines, labels, lengths
 
 
