@@ -1,4 +1,4 @@
-"""Deliver a stop signal at chosen steps of the scorer's calls into its process pool.
+"""Deliver a stop signal at chosen steps of the scorer's calls into its pools.
 
     python tests/stop_injection.py BUNDLE SOURCE WORKERS TRIALS SEED
 

@@ -5,15 +5,15 @@ scorer's own `cut_field`: decoding, lighting, straightening, deslanting, form-li
 the line image. The model then trains on what it will be given, not on an idealized line
 (trained on the composed field's ink directly, the reader read fewer of the dev fields).
 
-Cutting costs about 15 ms a field, so it runs in worker processes: spawned, not forked (the
-trainer runs TensorFlow's threads), and importing no TensorFlow, so they start in a second.
+Cutting costs about 15 ms a field, so it runs in worker processes, one per core: spawned, not
+forked (the trainer runs TensorFlow's threads). Spawning re-imports the parent's main module, so
+a script that makes lines must guard its work with `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
 
 import io
 import multiprocessing
-import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -25,6 +25,7 @@ from scorer.images.geometry import MNIST_GEOMETRY
 from scorer.numbers import cut_field
 from scorer.numbers.field import INK_LEVEL
 from scorer.numbers.sequence import line_image
+from scorer.workers import default_workers
 
 CHUNK = 2048  # fields drawn and cut at a time: bounds the images held in memory
 
@@ -50,12 +51,11 @@ class ServedLines:
     """`lines(greys)`: the served line of each composed field, in order, cut by a pool of worker
     processes. Use it as a context manager."""
 
-    def __init__(self, workers: int | None = None):
-        self.workers = workers or len(os.sched_getaffinity(0))
+    def __init__(self):
         self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ServedLines:
-        self.pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(default_workers(), multiprocessing.get_context("spawn"))
         return self
 
     def __exit__(self, *_exc) -> None:
